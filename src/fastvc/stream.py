@@ -1,0 +1,263 @@
+"""Seed-VC's real-time block algorithm, per stream (oracle README section 3.9).
+
+One `BlockStream` holds the state of one stream: the model-rate window, the 16 kHz window fed to the content
+encoder, and the SOLA tail. It knows nothing about WebSockets, codecs or the model:
+
+    samples at the model rate --push_block()--> BlockInput (windows for the model)
+    model output slice        --stitch()------> samples to emit (SOLA cross-faded)
+
+The server's sessions and the oracle checker (`fastvc.model.check`) both use this class, so the algorithm is
+written once. Sizes follow the spec's exact arithmetic (`StreamGeometry`); "unit" below means 20 ms (zc).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+CONTENT_RATE_HZ = 16000
+"""Rate of the content (XLS-R) and style (CAMPPlus) encoders."""
+
+CONTENT_SAMPLES_PER_UNIT = CONTENT_RATE_HZ // 50  # 320: one 20 ms unit, one XLS-R frame
+XLSR_RECEPTIVE_FIELD = 400  # samples at 16 kHz of the first XLS-R frame
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The real-time settings of Seed-VC (seconds). Defaults: fastvc's 180 ms blocks."""
+
+    block_time_s: float = 0.18
+    crossfade_time_s: float = 0.04
+    extra_time_ce_s: float = 2.5
+    extra_time_s: float = 0.5
+    extra_time_right_s: float = 0.02
+
+
+def round_to_units(time_s: float, model_rate_hz: int) -> int:
+    """`n(t) = round(t·sr/zc)·zc` samples, round-half-to-even in float64 (spec 3.9)."""
+    zc = model_rate_hz // 50
+    return round(time_s * model_rate_hz / zc) * zc
+
+
+@dataclass(frozen=True)
+class StreamGeometry:
+    """Every size the block algorithm uses, derived once from the settings and the model's rate and hop.
+
+    Samples are at the model rate unless the name says 16k; `*_units` are 20 ms units; frames are mel frames.
+    """
+
+    model_rate_hz: int
+    hop_length: int
+    zc: int
+    block: int
+    crossfade: int
+    extra: int
+    extra_right: int
+    dropped_frames: int  # d: XLS-R frames dropped from the window's start
+    sola_buffer: int
+    sola_search: int
+    window: int  # W22
+    window_16k: int  # W16
+    block_16k: int
+    skip_head_units: int
+    skip_tail_units: int
+    return_units: int
+    target_frames: int  # mel frames generated per block
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings, model_rate_hz: int, hop_length: int) -> StreamGeometry:
+        sr = model_rate_hz
+        zc = sr // 50
+        block = round_to_units(settings.block_time_s, sr)
+        crossfade = round_to_units(settings.crossfade_time_s, sr)
+        extra = round_to_units(settings.extra_time_ce_s, sr)
+        extra_right = round_to_units(settings.extra_time_right_s, sr)
+        dropped = int((settings.extra_time_ce_s - settings.extra_time_s) * 50)
+        sola_buffer = min(crossfade, 4 * zc)
+        sola_search = zc
+        window = extra + crossfade + sola_search + block + extra_right
+        skip_head, skip_tail = extra // zc, extra_right // zc
+        return_units = (block + sola_buffer + sola_search) // zc
+        target = int((skip_head + return_units + skip_tail - dropped) / 50 * sr // hop_length)
+        geometry = cls(
+            model_rate_hz=sr,
+            hop_length=hop_length,
+            zc=zc,
+            block=block,
+            crossfade=crossfade,
+            extra=extra,
+            extra_right=extra_right,
+            dropped_frames=dropped,
+            sola_buffer=sola_buffer,
+            sola_search=sola_search,
+            window=window,
+            window_16k=CONTENT_SAMPLES_PER_UNIT * window // zc,
+            block_16k=CONTENT_SAMPLES_PER_UNIT * block // zc,
+            skip_head_units=skip_head,
+            skip_tail_units=skip_tail,
+            return_units=return_units,
+            target_frames=target,
+        )
+        geometry.validate()
+        return geometry
+
+    def validate(self) -> None:
+        """Refuse settings for which upstream's arithmetic breaks (spec 3.9, 'Limits')."""
+        if self.block <= 0:
+            raise ValueError("block_time_s must round to at least one 20 ms unit")
+        if self.extra_right < self.zc:
+            raise ValueError("extra_time_right_s must round to at least 20 ms (the returned slice would be empty)")
+        if self.skip_head_units - self.dropped_frames < 1:
+            raise ValueError("extra_time_s must be at least about 0.02 s (the vocoder output would be too short)")
+        if self.sola_buffer < 2:
+            raise ValueError("crossfade_time_s must round to at least 20 ms")
+        if self.content_frames_kept < 1:
+            raise ValueError("extra_time_ce_s is too short for the content encoder")
+
+    @property
+    def return_samples(self) -> int:
+        """Length of the model output slice that SOLA consumes: block + sola_buffer + sola_search."""
+        return self.return_units * self.zc
+
+    @property
+    def content_frames(self) -> int:
+        """T16: XLS-R frames of the 16 kHz window."""
+        return (self.window_16k - XLSR_RECEPTIVE_FIELD) // CONTENT_SAMPLES_PER_UNIT + 1
+
+    @property
+    def content_frames_kept(self) -> int:
+        return self.content_frames - self.dropped_frames
+
+    @property
+    def chunk_16k(self) -> int:
+        """Samples written into the 16 kHz window per block: the new block plus the redone last 20 ms."""
+        return CONTENT_SAMPLES_PER_UNIT * (self.block // self.zc + 1)
+
+    @property
+    def lead_in_samples(self) -> int:
+        """How far the emitted stream lags the input stream, beyond block buffering (model-rate samples).
+
+        Block b emits input positions starting `sola_buffer + sola_search + extra_right` before the end of
+        block b-1, so the first `lead_in_samples` emitted samples precede the input's start.
+        """
+        return self.sola_buffer + self.sola_search + self.extra_right
+
+    @property
+    def algorithmic_latency_s(self) -> float:
+        """Worst-case delay from a sample entering to it leaving, without compute: one block + the lead-in."""
+        return (self.block + self.lead_in_samples) / self.model_rate_hz
+
+    def vocoder_slice(self, n_samples: int) -> slice:
+        """Step B8: the `return_samples` of a vocoder output of `n_samples` that end `skip_tail` units early."""
+        end = n_samples - self.skip_tail_units * self.zc
+        return slice(end - self.return_samples, end)
+
+
+@dataclass
+class BlockInput:
+    """What the model needs from one stream for one block (copies; the stream may move on).
+
+    window_16k: (window_16k,) float32 — the whole 16 kHz window, input of the content encoder (B4).
+    recent: (return_samples + extra_right,) float32 — the newest model-rate samples of the window; the
+        passthrough engine returns `recent[:return_samples]`, which is what the model's slice is aligned to.
+    chunk_16k: (chunk_16k,) float32 — the samples written into the 16 kHz window this block (step B3).
+    """
+
+    block_index: int
+    window_16k: np.ndarray
+    recent: np.ndarray
+    chunk_16k: np.ndarray
+
+
+@dataclass
+class StitchResult:
+    """out: (block,) float32 samples to emit; offset and scores: the SOLA search (B10)."""
+
+    out: np.ndarray
+    offset: int
+    scores: np.ndarray
+
+
+def fade_in_window(n: int) -> np.ndarray:
+    """`sin²(π/2 · j/(n−1))` for j = 0…n−1, both end points included, in float32."""
+    ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    return (np.sin(np.float32(np.pi / 2) * ramp) ** 2).astype(np.float32)
+
+
+def sola_scores(head: np.ndarray, prev: np.ndarray, search: int) -> np.ndarray:
+    """Normalised cross-correlation of `prev` against `head` at offsets 0…search (B10). Returns (search+1,).
+
+    head: (search + len(prev),) float32; prev: (sola_buffer,) float32. Computed in float64.
+    """
+    sb = prev.shape[0]
+    head64 = head[: search + sb].astype(np.float64)
+    frames = np.lib.stride_tricks.sliding_window_view(head64, sb)  # (search+1, sb)
+    numerator = frames @ prev.astype(np.float64)
+    energy = np.concatenate(([0.0], np.cumsum(head64 * head64)))
+    window_energy = energy[sb : sb + search + 1] - energy[: search + 1]
+    return numerator / np.sqrt(np.maximum(window_energy, 0.0) + 1e-8)
+
+
+class BlockStream:
+    """One stream's state for the block algorithm: the model-rate window, the 16 kHz window, the SOLA tail.
+
+    All three start as zeros (spec 3.9, 'State'). Call `push_block` with each block of `geometry.block` new
+    samples, run the model on the returned `BlockInput`, then `stitch` its output slices in block order.
+    """
+
+    def __init__(self, geometry: StreamGeometry) -> None:
+        self.geometry = geometry
+        self.window = np.zeros(geometry.window, dtype=np.float32)
+        self.window_16k = np.zeros(geometry.window_16k, dtype=np.float32)
+        self.prev = np.zeros(geometry.sola_buffer, dtype=np.float32)
+        self.blocks_pushed = 0
+        self.blocks_stitched = 0
+        self._fade_in = fade_in_window(geometry.sola_buffer)
+        self._fade_out = (np.float32(1.0) - self._fade_in).astype(np.float32)
+
+    def push_block(self, block: np.ndarray) -> BlockInput:
+        """Steps B2–B3 for `block` (geometry.block,) float32 at the model rate; returns the model's input."""
+        g = self.geometry
+        if block.shape != (g.block,):
+            raise ValueError(f"block must have shape ({g.block},), got {block.shape}")
+        self.window[: -g.block] = self.window[g.block :]
+        self.window[-g.block :] = block
+        chunk = self._resample_newest()
+        self.window_16k[: -g.block_16k] = self.window_16k[g.block_16k :]
+        self.window_16k[-chunk.shape[0] :] = chunk
+        recent_len = g.return_samples + g.extra_right
+        request = BlockInput(
+            block_index=self.blocks_pushed,
+            window_16k=self.window_16k.copy(),
+            recent=self.window[-recent_len:].copy(),
+            chunk_16k=chunk,
+        )
+        self.blocks_pushed += 1
+        return request
+
+    def _resample_newest(self) -> np.ndarray:
+        """B3: libsoxr HQ of the last block + 2 units, minus its first 16 kHz unit. Returns (chunk_16k,)."""
+        g = self.geometry
+        segment = self.window[-(g.block + 2 * g.zc) :]
+        resampled = soxr.resample(segment, g.model_rate_hz, CONTENT_RATE_HZ, "HQ").astype(np.float32, copy=False)
+        expected = math.ceil(segment.shape[0] * CONTENT_RATE_HZ / g.model_rate_hz)
+        if resampled.shape[0] != expected:
+            raise RuntimeError(f"soxr returned {resampled.shape[0]} samples, expected {expected}")
+        return resampled[CONTENT_SAMPLES_PER_UNIT:]
+
+    def stitch(self, model_slice: np.ndarray) -> StitchResult:
+        """Step B10 (SOLA) on the model's output slice (return_samples,) float32; returns (block,) to emit."""
+        g = self.geometry
+        if model_slice.shape != (g.return_samples,):
+            raise ValueError(f"model slice must have shape ({g.return_samples},), got {model_slice.shape}")
+        scores = sola_scores(model_slice, self.prev, g.sola_search)
+        offset = int(np.argmax(scores))  # lowest index on ties
+        y = model_slice[offset:].astype(np.float32, copy=True)
+        sb = g.sola_buffer
+        y[:sb] = y[:sb] * self._fade_in + self.prev * self._fade_out
+        self.prev = y[g.block : g.block + sb].copy()
+        self.blocks_stitched += 1
+        return StitchResult(out=y[: g.block].copy(), offset=offset, scores=scores)
