@@ -98,16 +98,33 @@ def check_fixture(path: Path) -> dict[str, Any]:
     return line
 
 
+def manifest_section(manifest: dict[str, Any], dotted: str) -> tuple[dict[str, Any], list[Any] | None]:
+    """Resolve a KEY_BUILDERS name such as `hift.keys` or `seed_vc_dit_checkpoint.cfm` in `keys-full.json`.
+
+    Returns `(section, entries)`: `entries` is the `[key, shape]` list the dotted path names, and `section` is
+    the dict holding it (with `config`, `source`, … where the manifest has them), which the builder receives.
+    """
+    parent: Any = manifest
+    node: Any = manifest
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return {}, None
+        parent, node = node, node[part]
+    if isinstance(node, dict):  # a section that holds its own "keys"
+        return node, node.get("keys")
+    return parent, node
+
+
 def check_manifest(path: Path) -> dict[str, Any]:
     """Every section's `[key, shape]` list must equal what fastvc's modules expect, key for key."""
     manifest = json.loads(path.read_text())
     problems: list[str] = []
     for section_name, builder in KEY_BUILDERS.items():
-        section = manifest.get(section_name)
-        if section is None:
+        section, entries = manifest_section(manifest, section_name)
+        if entries is None:
             problems.append(f"{section_name}: missing from manifest")
             continue
-        expected = {key: list(shape) for key, shape in section["keys"]}
+        expected = {key: list(shape) for key, shape in entries}
         ours = {key: list(shape) for key, shape in resolve(builder)(section).items()}
         missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
         wrong = sorted(k for k in expected.keys() & ours.keys() if expected[k] != ours[k])
