@@ -35,6 +35,7 @@ RUNNERS: dict[str, str] = {
     "stream": "fastvc.model.oracle_runners.stream:run_stream",
 }
 
+# `section.list` in keys-full.json -> builder; the builder gets the enclosing section dict (with its `config`).
 KEY_BUILDERS: dict[str, str] = {
     "seed_vc_dit_checkpoint.cfm": "fastvc.model.oracle_runners.dit:keys_cfm",
     "seed_vc_dit_checkpoint.length_regulator": "fastvc.model.oracle_runners.dit:keys_length_regulator",
@@ -98,21 +99,14 @@ def check_fixture(path: Path) -> dict[str, Any]:
     return line
 
 
-def manifest_section(manifest: dict[str, Any], dotted: str) -> tuple[dict[str, Any], list[Any] | None]:
-    """Resolve a KEY_BUILDERS name such as `hift.keys` or `seed_vc_dit_checkpoint.cfm` in `keys-full.json`.
-
-    Returns `(section, entries)`: `entries` is the `[key, shape]` list the dotted path names, and `section` is
-    the dict holding it (with `config`, `source`, … where the manifest has them), which the builder receives.
-    """
-    parent: Any = manifest
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return {}, None
-        parent, node = node, node[part]
-    if isinstance(node, dict):  # a section that holds its own "keys"
-        return node, node.get("keys")
-    return parent, node
+def manifest_section(manifest: dict[str, Any], dotted: str) -> tuple[dict[str, Any], list | None]:
+    """Split `"seed_vc_dit_checkpoint.cfm"` into the enclosing section dict (it carries `config`, `source`,
+    `non_float32`) and its `[key, shape]` list; the list is None when the manifest lacks it."""
+    section_name, _, list_name = dotted.rpartition(".")
+    section = manifest.get(section_name)
+    if not isinstance(section, dict):
+        return {}, None
+    return section, section.get(list_name)
 
 
 def check_manifest(path: Path) -> dict[str, Any]:
@@ -120,11 +114,11 @@ def check_manifest(path: Path) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
     problems: list[str] = []
     for section_name, builder in KEY_BUILDERS.items():
-        section, entries = manifest_section(manifest, section_name)
-        if entries is None:
+        section, key_list = manifest_section(manifest, section_name)
+        if key_list is None:
             problems.append(f"{section_name}: missing from manifest")
             continue
-        expected = {key: list(shape) for key, shape in entries}
+        expected = {key: list(shape) for key, shape in key_list}
         ours = {key: list(shape) for key, shape in resolve(builder)(section).items()}
         missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
         wrong = sorted(k for k in expected.keys() & ours.keys() if expected[k] != ours[k])
