@@ -130,7 +130,7 @@ def test_decoding_only_the_kept_tail_changes_nothing(rates: list[int], kernels: 
     with torch.inference_mode():
         f0 = 100 + 50 * model.predict_f0(mel)
         phase, noise = model.draw_source_noise(2, n_frames, torch.Generator().manual_seed(0))
-        source = model.source(f0, phase.double(), noise.double())
+        source = model.source(f0, phase, noise)
         full = model.decode(mel, source)
         tail = model.decode_last(mel, source, n_samples)
     assert model.config.decoder_left_context_frames + 8 < n_frames  # the test really crops

@@ -236,6 +236,13 @@ class SourceModule(nn.Module):
         return source, sine_waves, uv
 
 
+def source_down(spec_channels: int, channels: int, later_rate: int) -> nn.Conv1d:
+    """Plain Conv1d bringing the excitation's STFT frames to a stage's rate (`later_rate` = the rates after it)."""
+    if later_rate == 1:
+        return nn.Conv1d(spec_channels, channels, 1)
+    return nn.Conv1d(spec_channels, channels, 2 * later_rate, stride=later_rate, padding=later_rate // 2)
+
+
 class HiFTGenerator(nn.Module):
     """The HiFT vocoder with the official key layout. All methods take a batch; items never interact."""
 
@@ -257,13 +264,7 @@ class HiFTGenerator(nn.Module):
         for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             c_in, c_out = base // 2**i, base // 2 ** (i + 1)
             self.ups.append(WNConvTranspose1d(c_in, c_out, kernel, stride=rate, padding=(kernel - rate) // 2))
-            later_rate = math.prod(cfg.upsample_rates[i + 1 :])
-            if later_rate == 1:
-                self.source_downs.append(nn.Conv1d(spec_channels, c_out, 1))
-            else:
-                self.source_downs.append(
-                    nn.Conv1d(spec_channels, c_out, 2 * later_rate, stride=later_rate, padding=later_rate // 2)
-                )
+            self.source_downs.append(source_down(spec_channels, c_out, math.prod(cfg.upsample_rates[i + 1 :])))
             self.source_resblocks.append(
                 ResBlock(c_out, cfg.source_resblock_kernel_sizes[i], cfg.source_resblock_dilation_sizes[i])
             )
@@ -288,19 +289,15 @@ class HiFTGenerator(nn.Module):
         """mel `(B, n_mels, T)` -> f0 `(B, T)` in Hz."""
         return self.f0_predictor(mel)
 
-    def draw_source_noise(
-        self, batch: int, n_frames: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
+    def draw_source_noise(self, batch: int, n_frames: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Fresh draws for `source`: phase `(B, H+1, 1)` uniform in [−π, π) with the fundamental's 0, and
-        standard-normal noise `(B, H+1, U·n_frames)`, both from `generator` on the module's device."""
-        device = self.stft_window.device
+        standard-normal noise `(B, H+1, U·n_frames)`, both from `generator` (on the module's device and dtype)."""
+        like = {"device": self.stft_window.device, "dtype": self.stft_window.dtype}
         channels = self.config.n_harmonic_channels
-        uniform = torch.rand(batch, channels, 1, generator=generator, device=device)
+        uniform = torch.rand(batch, channels, 1, generator=generator, **like)
         phase = uniform * (2 * math.pi) - math.pi
         phase[:, 0] = 0.0
-        noise = torch.randn(
-            batch, channels, n_frames * self.samples_per_frame, generator=generator, device=device
-        )
+        noise = torch.randn(batch, channels, n_frames * self.samples_per_frame, generator=generator, **like)
         return phase, noise
 
     def source(self, f0: Tensor, phase: Tensor, noise: Tensor) -> Tensor:
@@ -368,7 +365,7 @@ class HiFTGenerator(nn.Module):
         wav = self.decode(mel[:, :, first_frame:], source[:, :, first_frame * frame :])
         return wav[:, wav.shape[1] - n_samples :]
 
-    def forward(self, mel: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, mel: Tensor, generator: torch.Generator) -> Tensor:
         """mel `(B, n_mels, T)` -> wav `(B, U·T)`, with fresh source draws from `generator`."""
         f0 = self.predict_f0(mel)
         phase, noise = self.draw_source_noise(mel.shape[0], mel.shape[2], generator)
