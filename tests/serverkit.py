@@ -143,3 +143,18 @@ def decode_opus(packets: list[bytes], rate_hz: int, frame_ms: int = 20, drop_loo
     if drop_lookahead:
         decoded = decoded[OPUS_LOOKAHEAD_48K:]
     return soxr.resample(decoded, OPUS_DECODE_RATE_HZ, rate_hz, "HQ").astype(np.float32)
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET on loopback: status, headers (lower-case names), body."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
