@@ -90,20 +90,49 @@ def test_unvoiced_frames_get_only_noise(oracle_dir: Path) -> None:
     assert torch.allclose(sine_waves[..., : 2 * samples], noise[..., : 2 * samples] * cfg["nsf_alpha"] / 3)
 
 
-@pytest.mark.parametrize(
-    ("rates", "kernels", "n_fft", "hop"), [([5, 3], [11, 7], 8, 2), ([4, 4, 2], [8, 8, 4], 16, 4), ([6], [12], 12, 3)]
-)
-def test_other_upsampling_layouts_give_u_samples_per_frame(rates: list[int], kernels: list[int], n_fft: int,
-                                                           hop: int) -> None:
+LAYOUTS = [([5, 3], [11, 7], 8, 2), ([4, 4, 2], [8, 8, 4], 16, 4), ([6], [12], 12, 3), ([8, 8], [16, 16], 16, 4)]
+
+
+def small_generator(rates: list[int], kernels: list[int], n_fft: int, hop: int) -> HiFTGenerator:
+    """A random generator with another up-sampling layout, loud enough that edge effects would show."""
     hift_cfg = {
         "in_channels": 20, "base_channels": 16, "nb_harmonics": 3, "sampling_rate": 16000, "nsf_alpha": 0.1,
         "nsf_sigma": 0.003, "nsf_voiced_threshold": 5, "upsample_rates": rates, "upsample_kernel_sizes": kernels,
-        "istft_params": {"n_fft": n_fft, "hop_len": hop}, "resblock_kernel_sizes": [3, 5],
-        "resblock_dilation_sizes": [[1, 2], [1, 3]], "source_resblock_kernel_sizes": [3] * len(rates),
-        "source_resblock_dilation_sizes": [[1, 2]] * len(rates), "lrelu_slope": 0.2, "audio_limit": 0.5,
+        "istft_params": {"n_fft": n_fft, "hop_len": hop}, "resblock_kernel_sizes": [3, 7, 11],
+        "resblock_dilation_sizes": [[1, 3, 5]] * 3, "source_resblock_kernel_sizes": [7] * len(rates),
+        "source_resblock_dilation_sizes": [[1, 3, 5]] * len(rates), "lrelu_slope": 0.2, "audio_limit": 0.99,
     }
-    model = HiFTGenerator.from_config(hift_cfg, {"num_class": 1, "in_channels": 20, "cond_channels": 8}).eval()
+    torch.manual_seed(0)
+    model = HiFTGenerator.from_config(hift_cfg, {"num_class": 1, "in_channels": 20, "cond_channels": 8})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+@pytest.mark.parametrize(("rates", "kernels", "n_fft", "hop"), LAYOUTS)
+def test_other_upsampling_layouts_give_u_samples_per_frame(rates: list[int], kernels: list[int], n_fft: int,
+                                                           hop: int) -> None:
+    model = small_generator(rates, kernels, n_fft, hop)
     with torch.inference_mode():
         wav = model(torch.randn(2, 20, 5), torch.Generator().manual_seed(0))
     assert wav.shape == (2, 5 * math.prod(rates) * hop)
-    assert torch.isfinite(wav).all() and wav.abs().max() <= 0.5
+    assert torch.isfinite(wav).all() and wav.abs().max() <= 0.99
+
+
+@pytest.mark.parametrize(("rates", "kernels", "n_fft", "hop"), LAYOUTS)
+def test_decoding_only_the_kept_tail_changes_nothing(rates: list[int], kernels: list[int], n_fft: int,
+                                                     hop: int) -> None:
+    model = small_generator(rates, kernels, n_fft, hop).double()
+    n_frames, frame = 60, model.samples_per_frame
+    n_samples = 7 * frame + frame // 3
+    mel = torch.randn(2, 20, n_frames, dtype=torch.float64)
+    with torch.inference_mode():
+        f0 = 100 + 50 * model.predict_f0(mel)
+        phase, noise = model.draw_source_noise(2, n_frames, torch.Generator().manual_seed(0))
+        source = model.source(f0, phase, noise)
+        full = model.decode(mel, source)
+        tail = model.decode_last(mel, source, n_samples)
+    assert model.config.decoder_left_context_frames + 8 < n_frames  # the test really crops
+    assert tail.shape == (2, n_samples)
+    assert torch.allclose(tail, full[:, -n_samples:], rtol=0, atol=1e-9)

@@ -88,9 +88,39 @@ class HiFTConfig:
         return math.prod(self.upsample_rates) * self.hop_len
 
     @property
+    def decoder_left_context_frames(self) -> int:
+        """An upper bound on how many mel frames before an output sample's own frame can change it in `decode`.
+
+        Sums each layer's left reach in output samples: conv_pre, then per stage the transposed conv (and the
+        one-sample reflect pad) or the source branch, whichever reaches further, plus the widest residual block;
+        then conv_post and one iSTFT frame. f0 and the source are not included: compute those on the full block.
+        """
+        frame = self.samples_per_frame
+        reach = 3 * frame  # conv_pre: kernel 7, pad 3
+        spacing = frame  # output samples per sample of the current stage's input
+        for i, (rate, kernel) in enumerate(zip(self.upsample_rates, self.upsample_kernel_sizes)):
+            x_reach = reach + math.ceil(kernel / rate) * spacing
+            spacing //= rate
+            later_rate = math.prod(self.upsample_rates[i + 1 :])
+            source_reach = self.n_fft + 2 * later_rate * self.hop_len + spacing * residual_reach(
+                self.source_resblock_kernel_sizes[i], self.source_resblock_dilation_sizes[i]
+            )
+            block_reach = max(
+                residual_reach(k, ds) for k, ds in zip(self.resblock_kernel_sizes, self.resblock_dilation_sizes)
+            )
+            reach = max(x_reach + spacing, source_reach) + block_reach * spacing
+        reach += 3 * self.hop_len + self.n_fft  # conv_post, one iSTFT frame
+        return math.ceil(reach / frame)
+
+    @property
     def n_harmonic_channels(self) -> int:
         """H + 1: the fundamental and its `nb_harmonics` overtones."""
         return self.nb_harmonics + 1
+
+
+def residual_reach(kernel_size: int, dilations: Sequence[int]) -> int:
+    """Left reach of one `ResBlock` in its own samples: the padding of every conv it chains."""
+    return sum((kernel_size * d - d) // 2 + (kernel_size - 1) // 2 for d in dilations)
 
 
 def weight_norm_weight(weight_g: Tensor, weight_v: Tensor) -> Tensor:
@@ -206,6 +236,13 @@ class SourceModule(nn.Module):
         return source, sine_waves, uv
 
 
+def source_down(spec_channels: int, channels: int, later_rate: int) -> nn.Conv1d:
+    """Plain Conv1d bringing the excitation's STFT frames to a stage's rate (`later_rate` = the rates after it)."""
+    if later_rate == 1:
+        return nn.Conv1d(spec_channels, channels, 1)
+    return nn.Conv1d(spec_channels, channels, 2 * later_rate, stride=later_rate, padding=later_rate // 2)
+
+
 class HiFTGenerator(nn.Module):
     """The HiFT vocoder with the official key layout. All methods take a batch; items never interact."""
 
@@ -227,13 +264,7 @@ class HiFTGenerator(nn.Module):
         for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             c_in, c_out = base // 2**i, base // 2 ** (i + 1)
             self.ups.append(WNConvTranspose1d(c_in, c_out, kernel, stride=rate, padding=(kernel - rate) // 2))
-            later_rate = math.prod(cfg.upsample_rates[i + 1 :])
-            if later_rate == 1:
-                self.source_downs.append(nn.Conv1d(spec_channels, c_out, 1))
-            else:
-                self.source_downs.append(
-                    nn.Conv1d(spec_channels, c_out, 2 * later_rate, stride=later_rate, padding=later_rate // 2)
-                )
+            self.source_downs.append(source_down(spec_channels, c_out, math.prod(cfg.upsample_rates[i + 1 :])))
             self.source_resblocks.append(
                 ResBlock(c_out, cfg.source_resblock_kernel_sizes[i], cfg.source_resblock_dilation_sizes[i])
             )
@@ -258,19 +289,15 @@ class HiFTGenerator(nn.Module):
         """mel `(B, n_mels, T)` -> f0 `(B, T)` in Hz."""
         return self.f0_predictor(mel)
 
-    def draw_source_noise(
-        self, batch: int, n_frames: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
+    def draw_source_noise(self, batch: int, n_frames: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Fresh draws for `source`: phase `(B, H+1, 1)` uniform in [−π, π) with the fundamental's 0, and
-        standard-normal noise `(B, H+1, U·n_frames)`, both from `generator` on the module's device."""
-        device = self.stft_window.device
+        standard-normal noise `(B, H+1, U·n_frames)`, both from `generator` (on the module's device and dtype)."""
+        like = {"device": self.stft_window.device, "dtype": self.stft_window.dtype}
         channels = self.config.n_harmonic_channels
-        uniform = torch.rand(batch, channels, 1, generator=generator, device=device)
+        uniform = torch.rand(batch, channels, 1, generator=generator, **like)
         phase = uniform * (2 * math.pi) - math.pi
         phase[:, 0] = 0.0
-        noise = torch.randn(
-            batch, channels, n_frames * self.samples_per_frame, generator=generator, device=device
-        )
+        noise = torch.randn(batch, channels, n_frames * self.samples_per_frame, generator=generator, **like)
         return phase, noise
 
     def source(self, f0: Tensor, phase: Tensor, noise: Tensor) -> Tensor:
@@ -325,7 +352,20 @@ class HiFTGenerator(nn.Module):
         """mel `(B, n_mels, T)`, excitation `(B, 1, U·T)` -> wav `(B, U·T)`."""
         return self.decode_stft(mel, self.source_stft(source))
 
-    def forward(self, mel: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def decode_last(self, mel: Tensor, source: Tensor, n_samples: int) -> Tensor:
+        """The last `n_samples` of `decode(mel, source)`, from only the mel frames (and excitation) they depend on.
+
+        The real-time path keeps only the end of each vocoded block, so this skips up to half the vocoder's work.
+        Pass the excitation of the whole block (its sine phases accumulate from the block's start). Agrees with
+        `decode` to float rounding. mel `(B, n_mels, T)`, source `(B, 1, U·T)` -> `(B, n_samples)`.
+        """
+        frame = self.samples_per_frame
+        first_needed_frame = (mel.shape[2] * frame - n_samples) // frame
+        first_frame = max(0, first_needed_frame - self.config.decoder_left_context_frames)
+        wav = self.decode(mel[:, :, first_frame:], source[:, :, first_frame * frame :])
+        return wav[:, wav.shape[1] - n_samples :]
+
+    def forward(self, mel: Tensor, generator: torch.Generator) -> Tensor:
         """mel `(B, n_mels, T)` -> wav `(B, U·T)`, with fresh source draws from `generator`."""
         f0 = self.predict_f0(mel)
         phase, noise = self.draw_source_noise(mel.shape[0], mel.shape[2], generator)
