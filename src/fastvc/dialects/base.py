@@ -13,6 +13,7 @@ sessions or codecs. Everything else (admission, auth, timeouts, backpressure, st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 
 import numpy as np
@@ -187,7 +188,21 @@ class SerializedConnection:
         self.log.info("session.end", outcome="complete", **summary)
         for message in self.serializer.complete(config, summary):
             await self.connection.send(message)
-        await self.connection.close(1000, "complete")
+        await self._close(1000, "complete")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close, discarding what the client still sends (Twilio's mark echoes...): a full receive queue would
+        pause reading and hide the client's close frame until the close timeout."""
+        discard = asyncio.create_task(self._discard_incoming())
+        try:
+            await self.connection.close(code, truncate_reason(reason))
+        finally:
+            discard.cancel()
+
+    async def _discard_incoming(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.connection.recv()
 
     async def _refuse(self, error: ProtocolError, *, logged: bool = False) -> None:
         """Tell the client why (in its dialect), count it, close with the error's code."""
@@ -197,7 +212,7 @@ class SerializedConnection:
         try:
             for message in self.serializer.error(error):
                 await self.connection.send(message)
-            await self.connection.close(error.close_code, truncate_reason(self.serializer.close_reason(error)))
+            await self._close(error.close_code, self.serializer.close_reason(error))
         except ConnectionClosed:
             pass  # the client left first: nothing more to tell it
 
