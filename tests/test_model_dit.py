@@ -165,3 +165,9 @@ def test_unsupported_variants_are_refused() -> None:
         DiT.from_config({**SMALL_PARAMS, "DiT": {**SMALL_PARAMS["DiT"], "is_causal": True}})
     with pytest.raises(ValueError, match="is_discrete"):
         LengthRegulator(**{**SMALL_REGULATOR, "is_discrete": True})
+
+
+def test_yaml_n_codebooks_is_ignored_as_upstream_does() -> None:
+    yaml_section = {**SMALL_REGULATOR, "n_codebooks": 2}
+    shapes = {k: v.shape for k, v in LengthRegulator(**yaml_section).state_dict().items()}
+    assert shapes == {k: v.shape for k, v in LengthRegulator(**SMALL_REGULATOR).state_dict().items()}

@@ -234,9 +234,9 @@ class VelocityEstimator(nn.Module):
         """Velocity of the flow at time t.
 
         x, prompt_x: (B, 80, T); x_lens: (B,) int64; t: (B,); style: (B, S); cond: (B, T, content_dim)
-        -> (B, 80, T), zero in frames >= x_lens.
+        -> (B, 80, T), zero in frames >= x_lens. A single t (0-dim or (1,)) applies to every item.
         """
-        t1 = self.t_embedder(t)
+        t1 = self.t_embedder(t.reshape(-1).expand(x.shape[0]))
         frames = self.cond_x_merge_linear(torch.cat([x.transpose(1, 2), prompt_x.transpose(1, 2),
                                                      self.cond_projection(cond)], dim=-1))
         tokens = torch.cat([t1[:, None, :], self.style_in(style)[:, None, :], frames], dim=1)

@@ -26,9 +26,10 @@ GROUP_NORM_EPS = 1e-5
 def nearest_source_index(in_lens: torch.Tensor, out_lens: torch.Tensor, n_out: int) -> torch.Tensor:
     """Which input frame each output frame copies, per item, as torch's float32 nearest interpolation picks it.
 
-    in_lens, out_lens: (B,) int64 -> (B, n_out) int64; frames past out_lens[b] get valid but meaningless indices. Output frame i of item b copies i if out == in, i // 2 if
+    in_lens, out_lens: (B,) int64 -> (B, n_out) int64. Output frame i of item b copies i if out == in, i // 2 if
     out == 2·in, else min(floor(float32(i) · s), in − 1) with s = float32(in) / float32(out) and the product
     rounded to float32 before the floor (not always floor(i·in/out): 39 -> 66 differs at i = 22 and 44).
+    Frames past out_lens[b] (padding) get in-range but meaningless indices.
     """
     frame = torch.arange(n_out, device=in_lens.device)
     in_col, out_col = in_lens[:, None], out_lens[:, None]
@@ -59,16 +60,16 @@ def masked_group_norm(h: torch.Tensor, valid: torch.Tensor, norm: nn.GroupNorm) 
 
 class LengthRegulator(nn.Module):
     """Built from the config's `length_regulator` section; keys as under the checkpoint's
-    `net['length_regulator']`. `embedding` and `mask_token` exist only so the checkpoint loads strictly."""
+    `net['length_regulator']`. `embedding` and `mask_token` exist only so the checkpoint loads strictly.
+    `n_codebooks` is ignored: upstream never passes it to the regulator (spec 5), so a yaml's 2 means 1."""
 
     def __init__(self, channels: int, in_channels: int, sampling_ratios: list[int], content_codebook_size: int,
-                 is_discrete: bool = False, vector_quantize: bool = False, n_codebooks: int = 1,
-                 f0_condition: bool = False, **_unused: object) -> None:
+                 is_discrete: bool = False, vector_quantize: bool = False, f0_condition: bool = False,
+                 **_unused: object) -> None:
         super().__init__()
-        if is_discrete or vector_quantize or f0_condition or n_codebooks != 1:
-            raise ValueError("only the continuous regulator (is_discrete, vector_quantize, f0_condition false, "
-                             f"n_codebooks 1) is implemented, got {is_discrete=} {vector_quantize=} "
-                             f"{f0_condition=} {n_codebooks=}")
+        if is_discrete or vector_quantize or f0_condition:
+            raise ValueError("only the continuous regulator (is_discrete, vector_quantize, f0_condition false) is "
+                             f"implemented, got {is_discrete=} {vector_quantize=} {f0_condition=}")
         self.n_blocks = len(sampling_ratios)
         layers: list[nn.Module] = []
         for _ in range(self.n_blocks):
