@@ -16,8 +16,7 @@ from dialectkit import assert_same_audio
 from fastvc.codec import OpusDecoder, OpusEncoder
 from fastvc.dialects.simple import SimpleSerializer, is_simple_start
 from fastvc.protocol import AudioEvent, ConfigEvent, EndEvent, InvalidConfig, InvalidMessage
-import serverkit
-from serverkit import pcm16, running_server, speech, split_bytes, ws_url
+from serverkit import make_config, pcm16, running_server, speech, split_bytes, ws_url
 
 START = {"signal": "start", "stream_id": "s-1", "sample_rate": 16000, "sample_bit": 16}
 
@@ -116,7 +115,7 @@ def decode_opus_16k(packets: list[bytes]) -> np.ndarray:
 async def test_bad_simple_input_answers_failed_and_spares_other_streams(audio_dir):
     source = speech(audio_dir, 16000, seconds=2.0)
     chunks = split_bytes(pcm16(source), 640)
-    config = serverkit.test_config()
+    config = make_config()
     config.auth.api_keys = ["secret"]
     async with running_server(config) as server:
         url = ws_url(server)
