@@ -110,9 +110,10 @@ class SerializedConnection:
         self.decoder: Decoder | None = None
         self.sink: SerializerSink | None = None
 
-    async def run(self) -> None:
+    async def run(self, *, slot: contextlib.AbstractContextManager | None = None) -> None:
+        """`slot`: this connection's session slot when the caller took it already (`fastvc.dialects.root`)."""
         try:
-            with self.service.admit():
+            with slot if slot is not None else self.service.admit():
                 await self._serve()
         except ProtocolError as error:
             await self._refuse(error)

@@ -109,5 +109,5 @@ class SimpleSerializer:
         return error.error_code
 
 
-async def serve_simple(service, connection) -> None:
-    await SerializedConnection(service, connection, SimpleSerializer(limits_of(service))).run()
+async def serve_simple(service, connection, *, slot=None) -> None:
+    await SerializedConnection(service, connection, SimpleSerializer(limits_of(service))).run(slot=slot)
