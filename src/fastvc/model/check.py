@@ -35,6 +35,7 @@ RUNNERS: dict[str, str] = {
     "stream": "fastvc.model.oracle_runners.stream:run_stream",
 }
 
+# `section.list` in keys-full.json -> builder; the builder gets the enclosing section dict (with its `config`).
 KEY_BUILDERS: dict[str, str] = {
     "seed_vc_dit_checkpoint.cfm": "fastvc.model.oracle_runners.dit:keys_cfm",
     "seed_vc_dit_checkpoint.length_regulator": "fastvc.model.oracle_runners.dit:keys_length_regulator",
@@ -98,16 +99,26 @@ def check_fixture(path: Path) -> dict[str, Any]:
     return line
 
 
+def manifest_section(manifest: dict[str, Any], dotted: str) -> tuple[dict[str, Any], list | None]:
+    """Split `"seed_vc_dit_checkpoint.cfm"` into the enclosing section dict (it carries `config`, `source`,
+    `non_float32`) and its `[key, shape]` list; the list is None when the manifest lacks it."""
+    section_name, _, list_name = dotted.rpartition(".")
+    section = manifest.get(section_name)
+    if not isinstance(section, dict):
+        return {}, None
+    return section, section.get(list_name)
+
+
 def check_manifest(path: Path) -> dict[str, Any]:
     """Every section's `[key, shape]` list must equal what fastvc's modules expect, key for key."""
     manifest = json.loads(path.read_text())
     problems: list[str] = []
     for section_name, builder in KEY_BUILDERS.items():
-        section = manifest.get(section_name)
-        if section is None:
+        section, key_list = manifest_section(manifest, section_name)
+        if key_list is None:
             problems.append(f"{section_name}: missing from manifest")
             continue
-        expected = {key: list(shape) for key, shape in section["keys"]}
+        expected = {key: list(shape) for key, shape in key_list}
         ours = {key: list(shape) for key, shape in resolve(builder)(section).items()}
         missing, unexpected = sorted(expected.keys() - ours.keys()), sorted(ours.keys() - expected.keys())
         wrong = sorted(k for k in expected.keys() & ours.keys() if expected[k] != ours[k])

@@ -1,0 +1,141 @@
+"""Checkpoint files: hub cache or local paths, the official layouts, and strict loading that names every problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvc.config import ModelConfig
+from fastvc.model import weights
+from fastvc.model.weights import MissingWeightsError, WeightsError
+from official_files import OfficialParts, local_model_config, populate_hub_cache, write_official_files
+
+
+def toy_parts() -> OfficialParts:
+    """Official-format parts whose tensors are placeholders: enough to test the file layer."""
+    w2v = {"masked_spec_embed": torch.zeros(8),
+           "encoder.pos_conv_embed.conv.parametrizations.weight.original0": torch.ones(1, 1, 4),
+           "encoder.pos_conv_embed.conv.parametrizations.weight.original1": torch.ones(8, 2, 4)}
+    for layer in range(2):
+        w2v[f"encoder.layers.{layer}.attention.q_proj.weight"] = torch.full((8, 8), float(layer))
+    model_params = {"DiT": {"hidden_dim": 8, "depth": 3}, "style_encoder": {"dim": 192},
+                    "length_regulator": {"channels": 8, "in_channels": 8, "n_codebooks": 2, "sampling_ratios": [1]},
+                    "speech_tokenizer": {"type": "xlsr", "output_layer": 2, "name": "facebook/wav2vec2-xls-r-300m"}}
+    return OfficialParts(
+        cfm={"estimator.input_pos": torch.arange(16), "estimator.final_mlp.2.weight": torch.ones(80, 8)},
+        length_regulator={"content_in_proj.weight": torch.ones(8, 8)},
+        wav2vec2=w2v, wav2vec2_config={"hidden_size": 8, "num_hidden_layers": 2},
+        campplus={"head.conv1.weight": torch.ones(32, 1, 3, 3)}, hift={"conv_pre.bias": torch.ones(4)},
+        model_params=model_params)
+
+
+@pytest.fixture
+def official(tmp_path):
+    return write_official_files(tmp_path / "files", toy_parts())
+
+
+def test_files_come_from_the_hub_cache_offline(tmp_path, official, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = ModelConfig(cache_dir=str(tmp_path / "hub"))
+    populate_hub_cache(tmp_path / "hub", official, config)
+    files = weights.resolve_weight_files(config)
+    assert files.dit_checkpoint.read_bytes() == official["dit_checkpoint"].read_bytes()
+    assert (files.wav2vec2_dir / "config.json").is_file() and (files.wav2vec2_dir / "pytorch_model.bin").is_file()
+    assert str(files.hift).startswith(str(tmp_path / "hub"))
+
+
+def test_local_paths_override_the_hub(tmp_path, official, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = weights.resolve_weight_files(local_model_config(official))
+    assert files.campplus == official["campplus"] and files.wav2vec2_dir == official["wav2vec2:config.json"].parent
+
+
+def test_missing_files_are_all_named_with_the_download_command(tmp_path, official, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = ModelConfig(cache_dir=str(tmp_path / "empty"), hift_path=str(tmp_path / "nowhere" / "hift.pt"))
+    with pytest.raises(MissingWeightsError) as caught:
+        weights.resolve_weight_files(config, download=True)  # offline: download is refused, nothing hangs
+    message = str(caught.value)
+    assert "fastvc download" in message
+    assert "Plachta/Seed-VC/DiT_uvit_tat_xlsr_ema.pth" in message and "funasr/campplus/campplus_cn_common.bin" in message
+    assert "facebook/wav2vec2-xls-r-300m/pytorch_model.bin" in message
+    assert str(tmp_path / "nowhere" / "hift.pt") in message and "hift_path" in message
+    assert len(caught.value.missing) == 7
+
+
+def test_official_layouts_are_read_into_module_keys_and_configs(official):
+    checkpoint = weights.read_checkpoint(weights.resolve_weight_files(local_model_config(official)))
+    assert set(checkpoint.state_dicts["dit"]) == {"estimator.input_pos", "estimator.final_mlp.2.weight"}  # no module.
+    assert set(checkpoint.state_dicts["length_regulator"]) == {"content_in_proj.weight"}
+    w2v = checkpoint.state_dicts["wav2vec2"]
+    assert "encoder.pos_conv_embed.conv.parametrizations.weight.original0" in w2v
+    assert not any(k.startswith(("wav2vec2.", "quantizer", "project_")) for k in w2v)
+    assert "encoder.layers.1.attention.q_proj.weight" in w2v and "encoder.layers.2.attention.q_proj.weight" not in w2v
+    assert "encoder.layers.2.attention.q_proj.weight" in {k.removeprefix("wav2vec2.") for k in checkpoint.dropped["wav2vec2"]}
+    configs = checkpoint.configs
+    assert configs["mel"]["fmax"] == 8000.0 and configs["mel"]["sr"] == 22050
+    assert configs["length_regulator"]["length_regulator"]["n_codebooks"] == 1  # yaml says 2; upstream never passes it
+    assert configs["wav2vec2"]["output_layer"] == 2 and configs["wav2vec2"]["feature_extractor"]["do_normalize"]
+    assert configs["hift"]["hift"]["base_channels"] == 512 and configs["campplus"]["embedding_size"] == 192
+
+
+def test_yaml_fmax_none_means_half_the_sample_rate(tmp_path):
+    parts = toy_parts()
+    parts.mel = dict(parts.mel, fmax=None)
+    files = write_official_files(tmp_path, parts)
+    _, mel = weights.read_dit_yaml(files["dit_config"])
+    assert mel["fmax"] == 11025.0
+
+
+def test_a_dit_file_without_net_is_refused(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"model": {}}, path)
+    with pytest.raises(WeightsError, match="'net'"):
+        weights.read_dit_checkpoint(path)
+
+
+def test_unknown_keys_outside_the_wav2vec2_encoder_fail():
+    with pytest.raises(WeightsError, match="lm_extra.weight"):
+        weights.wav2vec2_state_dict({"wav2vec2.encoder.layer_norm.weight": torch.ones(2),
+                                     "lm_extra.weight": torch.ones(2)}, output_layer=1)
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 3)
+        self.norm = torch.nn.LayerNorm(3)
+
+
+def toy_state() -> dict[str, torch.Tensor]:
+    return {k: torch.randn(v.shape) for k, v in Toy().state_dict().items()}
+
+
+def test_strict_loading_loads_every_value():
+    state = toy_state()
+    module = Toy()
+    assert weights.load_strict(module, state, component="toy") == []
+    assert torch.equal(module.proj.weight, state["proj.weight"])
+
+
+def test_strict_loading_lists_missing_unexpected_and_misshapen_keys_together():
+    state = toy_state()
+    del state["norm.bias"]
+    state["proj.extra"] = torch.ones(1)
+    state["proj.weight"] = torch.ones(3, 5)
+    with pytest.raises(WeightsError) as caught:
+        weights.load_strict(Toy(), state, component="toy")
+    message = str(caught.value)
+    assert "missing keys (1: norm.bias)" in message
+    assert "unexpected keys (1: proj.extra)" in message
+    assert "proj.weight (3, 5) != (3, 4)" in message
+
+
+def test_documented_unused_keys_are_dropped_and_reported():
+    state = toy_state()
+    state["estimator.input_pos"] = torch.arange(4)
+    dropped = weights.load_strict(Toy(), state, component="dit")
+    assert dropped == ["estimator.input_pos"]
+    state["estimator.not_documented"] = torch.ones(1)
+    with pytest.raises(WeightsError, match="estimator.not_documented"):
+        weights.load_strict(Toy(), state, component="dit")
