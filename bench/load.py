@@ -73,11 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--processes", type=int, help="load processes (default: one per --sessions-per-process)")
     measure = parser.add_argument_group("metrics")
     measure.add_argument("--block-ms", type=float, help="server block length if its ready message omits it")
+    measure.add_argument("--lead-in-ms", type=float,
+                         help="output the server drops at the start (default: from ready, algorithmic latency - block)")
     measure.add_argument("--holdback-ms", type=float, help="output the server may hold back (default: half a block)")
     measure.add_argument("--jitter-buffer-ms", type=float, default=60.0, help="simulated player's buffer")
-    measure.add_argument("--budget-ms", type=float, default=20.0, help="p99 block latency budget (plot, --find-max)")
+    measure.add_argument("--budget-ms", type=float, default=20.0, help="p99 added-latency budget (plot, --find-max)")
     measure.add_argument("--find-max", action="store_true",
-                         help="after the sweep, search the most sessions with p99 block latency <= budget, no errors")
+                         help="after the sweep, search the most sessions with p99 added latency <= budget, no errors")
     measure.add_argument("--find-max-start", type=int, default=16)
     measure.add_argument("--find-max-limit", type=int, default=1024)
     out = parser.add_argument_group("output")
@@ -126,7 +128,7 @@ def run_point(args: argparse.Namespace, url: str, sessions: int, server_pid: int
                    args.ramp, sessions_per_process=args.sessions_per_process, processes=args.processes,
                    progress=progress, sample_rate_hz=args.sample_rate, api_key=args.api_key,
                    output_encoding=args.output_encoding, sample_rate_out_hz=args.sample_rate_out,
-                   voice=args.voice, block_ms=args.block_ms, holdback_ms=args.holdback_ms,
+                   voice=args.voice, block_ms=args.block_ms, lead_in_ms=args.lead_in_ms, holdback_ms=args.holdback_ms,
                    jitter_buffer_ms=args.jitter_buffer_ms)
     progress.finish()
     row = summarize_point(sessions, run.sessions)
@@ -149,7 +151,7 @@ def run_point(args: argparse.Namespace, url: str, sessions: int, server_pid: int
 
 
 def passes(row: dict[str, Any], budget_ms: float) -> bool:
-    p99 = row["block_latency_ms"]["p99"]
+    p99 = row["added_latency_ms"]["p99"]
     return row["errors"] == 0 and row["lost_blocks"] == 0 and p99 is not None and p99 <= budget_ms
 
 
@@ -194,13 +196,13 @@ def find_max(args: argparse.Namespace, url: str, server_pid: int | None, label: 
         tried[sessions] = row
         ok = passes(row, args.budget_ms)
         if not args.quiet:
-            print(f"  find-max: {sessions} streams -> p99 {row['block_latency_ms']['p99']} ms, "
+            print(f"  find-max: {sessions} streams -> added p99 {row['added_latency_ms']['p99']} ms, "
                   f"errors {row['errors']}: {'pass' if ok else 'fail'}", file=sys.stderr)
         return ok
 
     best = find_max_passing(evaluate, args.find_max_start, args.find_max_limit)
     return {"budget_ms": args.budget_ms, "max_sessions": best,
-            "criterion": "p99 block latency <= budget_ms, no failed session, no lost block",
+            "criterion": "p99 added latency <= budget_ms, no failed session, no lost block",
             "tried": [tried[n] for n in sorted(tried)]}
 
 
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_ratio_table(rows, rows_off))
     if search:
-        print(f"\nmost streams with p99 block (added) latency <= {args.budget_ms:g} ms and no errors: "
+        print(f"\nmost streams with p99 added latency <= {args.budget_ms:g} ms and no errors: "
               f"{search['max_sessions']}")
     report = build_report(rows, rows_off, run_info(args, argv))
     if search:

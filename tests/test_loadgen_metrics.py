@@ -7,7 +7,9 @@ import pytest
 from fastvc.loadgen.audio import Clip, encode_frames, opus_packet_samples, payload_samples
 from fastvc.loadgen.metrics import (
     Timeline,
+    added_latencies_s,
     block_latencies_s,
+    capture_time_s,
     crossing_times,
     jitter_s,
     percentile,
@@ -15,7 +17,7 @@ from fastvc.loadgen.metrics import (
     simulate_player,
     summarize_point,
 )
-from fastvc.loadgen.report import batching_ratios, format_table, worst_sample_latency
+from fastvc.loadgen.report import batching_ratios, format_ratio_table, format_table, worst_sample_latency
 
 RATE_IN, RATE_OUT = 16000, 48000
 FRAME_S, BLOCK_S = 0.02, 0.18
@@ -64,6 +66,16 @@ def test_a_server_holding_back_a_few_ms_of_output_does_not_shift_blocks():
     assert measured == pytest.approx([0.004] * 4) and lost == 0
     strict, _ = block_latencies_s(timeline, BLOCK_S, holdback_s=0.0)
     assert strict[0] == pytest.approx(0.004 + BLOCK_S)  # without tolerance, block 0 waits for block 1's audio
+
+
+def test_a_server_dropping_its_lead_in_and_holding_back_resampler_output_is_attributed_per_block():
+    # fastvc: the first block emits block - 80 ms (lead-in dropped); a streaming resampler keeps 30 ms more.
+    lead_in_out, holdback_out = round(0.08 * RATE_OUT), round(0.03 * RATE_OUT)
+    timeline = paced_timeline(4, [0.004, 0.005, 0.006, 0.007], holdback_out=lead_in_out + holdback_out)
+    measured, lost = block_latencies_s(timeline, BLOCK_S, lead_in_s=0.08)
+    assert measured == pytest.approx([0.004, 0.005, 0.006, 0.007]) and lost == 0
+    unaware, _ = block_latencies_s(timeline, BLOCK_S)  # ignoring the lead-in: 110 ms short > half a block
+    assert unaware[0] == pytest.approx(0.005 + BLOCK_S)
 
 
 def test_blocks_whose_audio_never_came_are_lost_and_a_partial_block_is_not_a_block():
@@ -142,10 +154,15 @@ def test_sweep_row_pools_blocks_and_counts_failures():
 
 
 def test_worst_sample_latency_adds_the_algorithmic_latency_and_ratios_compare_batching():
-    on = {"sessions": 8, "errors": 0, "block_latency_ms": {"p50": 10.0, "p95": 20.0, "p99": 25.0, "max": 30.0}}
-    off = {"sessions": 8, "errors": 0, "block_latency_ms": {"p50": 30.0, "p95": 60.0, "p99": 100.0, "max": 120.0}}
+    on_ms = {"p50": 10.0, "p95": 20.0, "p99": 25.0, "max": 30.0}
+    off_ms = {"p50": 30.0, "p95": 60.0, "p99": 100.0, "max": 120.0}
+    on = {"sessions": 8, "errors": 0, "block_latency_ms": on_ms, "added_latency_ms": on_ms}
+    off = {"sessions": 8, "errors": 1, "block_latency_ms": off_ms, "added_latency_ms": off_ms}
     assert worst_sample_latency(on, 260.0) == {"p50": 270.0, "p95": 280.0, "p99": 285.0, "max": 290.0}
-    assert batching_ratios([on], [off])[0]["p99_off_over_on"] == pytest.approx(4.0)
+    ratio = batching_ratios([on], [off])[0]
+    assert ratio["block_p99_off_over_on"] == pytest.approx(4.0) and ratio["added_p50_off_over_on"] == 3.0
+    table = format_ratio_table([on], [off])
+    assert "4.00" in table and "0/1" in table
 
 
 @pytest.mark.parametrize("toc_and_rest, samples_48k", [
@@ -168,3 +185,32 @@ def test_encoded_frames_loop_the_clip_and_carry_one_frame_each():
     assert np.frombuffer(pcm.payloads[3], "<i2")[40] == (3 * 320 + 40) % 1000  # looped
     opus = encode_frames(clip, duration_s=0.1, frame_ms=20, encoding="OPUS")
     assert len(opus.payloads) == 5 and all(opus_packet_samples(p, 16000) == 320 for p in opus.payloads)
+
+
+def lead_in_server_timeline(latencies_s: list[float], lead_in_s: float, held_s: float) -> Timeline:
+    """fastvc-like: one message per block, the lead-in dropped, `held_s` of output held back to the next block."""
+    return paced_timeline(len(latencies_s), latencies_s, holdback_out=round((lead_in_s + held_s) * RATE_OUT))
+
+
+def test_added_latency_of_a_server_that_holds_nothing_back_is_its_block_latency():
+    latencies = [0.004, 0.009, 0.006, 0.012]
+    added, lost = added_latencies_s(lead_in_server_timeline(latencies, 0.08, 0.0), BLOCK_S, lead_in_s=0.08)
+    assert added[1:] == pytest.approx(latencies[1:]) and lost == 0
+    assert added[0] == pytest.approx(latencies[0] - 0.08)  # window 0 is shorter by the lead-in
+
+
+def test_added_latency_counts_output_held_back_to_the_next_block_at_its_late_arrival():
+    # 30 ms of each window arrive with the next block: those samples are 30 ms + that block's latency late
+    latencies = [0.004, 0.005, 0.006, 0.007, 0.008]
+    added, lost = added_latencies_s(lead_in_server_timeline(latencies, 0.08, 0.03), BLOCK_S, lead_in_s=0.08)
+    assert added == pytest.approx([0.03 + x for x in latencies[1:]])  # the last window's tail never came
+    assert lost == 1
+    blocks, _ = block_latencies_s(lead_in_server_timeline(latencies, 0.08, 0.03), BLOCK_S, lead_in_s=0.08)
+    assert blocks == pytest.approx(latencies)  # block latency tolerates the hold-back by design
+
+
+def test_capture_time_is_the_frame_send_time_minus_the_rest_of_the_frame():
+    timeline = paced_timeline(1, [])
+    assert capture_time_s(timeline, 0) == pytest.approx(-0.02)
+    assert capture_time_s(timeline, 330) == pytest.approx(0.02 - 310 / RATE_IN)
+    assert capture_time_s(timeline, -160) == pytest.approx(-0.03)  # extrapolated before the stream

@@ -31,7 +31,8 @@ DEFAULT_BLOCK_MS = 180.0
 class ClientOptions:
     """How every session of a run talks to the server.
 
-    block_ms: the server's block length, used when its "ready" message does not state one.
+    block_ms / lead_in_ms: the server's block length and dropped lead-in (`ServerTiming`), used when its
+        "ready" message does not state them (lead_in_ms also overrides it).
     holdback_ms: see `fastvc.loadgen.metrics` (None: half a block).
     jitter_buffer_ms: the simulated player's buffer before it starts and after each underrun.
     """
@@ -45,6 +46,7 @@ class ClientOptions:
     voice: str | None = None
     seed: int | None = None
     block_ms: float | None = None
+    lead_in_ms: float | None = None
     holdback_ms: float | None = None
     jitter_buffer_ms: float = 60.0
     open_timeout_s: float = 10.0
@@ -76,15 +78,30 @@ def config_message(options: ClientOptions, frames: FrameSequence, session_id: st
     return message
 
 
-def ready_timing_ms(ready: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(block_ms, algorithmic_latency_ms) as the server's ready message states them, if it does."""
-    block_ms = ready.get("block_ms")
-    if block_ms is None and "block_time_s" in ready:
-        block_ms = 1000.0 * float(ready["block_time_s"])
-    latency_ms = ready.get("algorithmic_latency_ms")
-    if latency_ms is None and "algorithmic_latency_s" in ready:
-        latency_ms = 1000.0 * float(ready["algorithmic_latency_s"])
-    return (None if block_ms is None else float(block_ms)), (None if latency_ms is None else float(latency_ms))
+@dataclass(frozen=True)
+class ServerTiming:
+    """The server's block timing, from its "ready" message (docs/protocol.md) or the client's fallbacks.
+
+    lead_in_ms: output the server drops at the start so output sample k lines up with input sample k;
+    fastvc's is its algorithmic latency minus one block (the SOLA/look-ahead lead-in).
+    """
+
+    block_ms: float
+    algorithmic_latency_ms: float | None
+    lead_in_ms: float
+
+    @classmethod
+    def from_ready(cls, ready: dict[str, Any], options: ClientOptions) -> ServerTiming:
+        block_ms = float(ready.get("block_ms") or options.block_ms or DEFAULT_BLOCK_MS)
+        latency_ms = ready.get("algorithmic_latency_ms")
+        latency_ms = None if latency_ms is None else float(latency_ms)
+        if options.lead_in_ms is not None:
+            lead_in_ms = options.lead_in_ms
+        elif "lead_in_ms" in ready:
+            lead_in_ms = float(ready["lead_in_ms"])
+        else:
+            lead_in_ms = latency_ms - block_ms if latency_ms is not None else 0.0
+        return cls(block_ms, latency_ms, lead_in_ms)
 
 
 @dataclass
@@ -221,12 +238,12 @@ async def _send_audio(ws: ClientConnection, frames: FrameSequence, pace: str, ti
 
 
 def _metrics(options: ClientOptions, session_id: str, timeline: Timeline, outcome: SessionOutcome) -> SessionMetrics:
-    block_ms, algorithmic_ms = ready_timing_ms(outcome.ready)
-    block_ms = block_ms or options.block_ms or DEFAULT_BLOCK_MS
+    timing = ServerTiming.from_ready(outcome.ready, options)
     holdback_s = None if options.holdback_ms is None else options.holdback_ms / 1000.0
-    metrics = session_metrics(session_id, timeline, block_ms / 1000.0,
-                              jitter_buffer_s=options.jitter_buffer_ms / 1000.0, holdback_s=holdback_s)
+    metrics = session_metrics(session_id, timeline, timing.block_ms / 1000.0,
+                              jitter_buffer_s=options.jitter_buffer_ms / 1000.0, holdback_s=holdback_s,
+                              lead_in_s=timing.lead_in_ms / 1000.0)
     metrics.error, metrics.close_code, metrics.ready_ms = outcome.error, outcome.close_code, outcome.ready_ms
-    metrics.algorithmic_latency_ms = algorithmic_ms
+    metrics.algorithmic_latency_ms = timing.algorithmic_latency_ms
     metrics.server_stats = outcome.stats
     return metrics

@@ -3,13 +3,13 @@
     Timeline (send and receive events on one monotonic clock) --session_metrics()--> SessionMetrics
     [SessionMetrics, ...] --summarize_point()--> one row of the sweep report
 
-Definitions (all times are client-side, seconds on `loop.time()`; reported in ms):
+Definitions (all times are client-side, seconds on `time.monotonic()`; reported in ms):
 
 first packet
     time from the first audio frame sent to the first converted-audio message received. It includes the
     block buffering (one block of input must arrive before anything comes back) plus compute and transport.
 
-block latency
+block latency (the server's turnaround per block, as the client sees it)
     The server cuts the input into blocks of `block_s` and emits exactly `block_s` of converted audio per
     block (SOLA keeps one block in, one block out). Received audio is attributed to blocks by cumulative
     sample counts, in integers at each side's own rate:
@@ -17,21 +17,32 @@ block latency
     - input block b is complete when the frame that brings the cumulative input to (b+1)·block_in samples
       was handed to the socket (`block_in = round(block_s · input_rate)`);
     - output block b has arrived when the message that brings the cumulative output to
-      (b+1)·block_out − holdback samples was received (`block_out = round(block_s · output_rate)`).
-      `holdback` is output the server may legitimately keep past a block boundary (a resampler's delay,
-      codec framing); it defaults to half a block, which makes the attribution immune to any holdback
-      below block_s/2 while never crediting block b+1's audio to block b.
+      (b+1)·block_out − lead_in − holdback samples was received (`block_out = round(block_s · output_rate)`).
+      `lead_in` is output the server drops by design at the start so that output sample k lines up with
+      input sample k (fastvc drops its SOLA/look-ahead lead-in: algorithmic latency − block, 80 ms by
+      default, stated by its "ready" message). `holdback` is output the server may keep past a block
+      boundary (a streaming resampler's buffer, codec framing); it defaults to half a block, which makes the
+      attribution immune to any holdback below block_s/2 while never crediting block b+1's audio to block b.
 
     block latency(b) = arrival(b) − complete(b). Blocks whose input completed but whose audio never came
     are counted as `lost_blocks`. A final partial block (flushed at "end") is not a block.
 
-algorithmic latency and "added" latency
+added latency (the headline: how much longer than an ideal server's a listener must delay playout)
     The worst-case delay of one sample through an ideal (zero-compute, zero-transport) server is the
-    server's algorithmic latency: one block of buffering plus the SOLA/look-ahead lead-in
-    (`StreamGeometry.algorithmic_latency_s`, 260 ms with the defaults). The worst-case sample delay of a
-    real server is algorithmic latency + block latency, because block latency is measured from the moment
-    the block is complete. So "added latency" (sample delay minus algorithmic latency) IS the block latency
-    measured here; an ideal server scores 0.
+    server's algorithmic latency: one block of buffering plus the lead-in (`StreamGeometry.
+    algorithmic_latency_s`, 260 ms with the defaults). Per sample, the client knows when it was captured
+    (its frame's send time minus the time from the sample to the frame's end: a live source sends a frame
+    when its last sample is captured) and when its conversion arrived (the receive time of the message
+    holding output sample k, which converts input sample k since the server drops its lead-in). Output
+    block window b = output samples [b·block − lead_in, (b+1)·block − lead_in) (window 0 starts at 0):
+
+        added(b) = max over the window's samples of (arrival − capture) − algorithmic latency
+
+    with the algorithmic latency read off the same timeline (block b's completion minus the capture time of
+    sample b·block − lead_in), so client pacing slips do not count against the server. An ideal server
+    scores 0 (window 0, shorter by the lead-in, scores −lead_in). Unlike block latency, this counts output
+    the server holds back past a block boundary (a streaming resampler's buffer) at its true, later arrival.
+    Windows not fully received are lost.
 
 jitter
     mean absolute difference of consecutive block latencies (RFC 3550's D, unsmoothed).
@@ -51,6 +62,7 @@ underruns
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,7 +129,8 @@ def crossing_times(times_s: Sequence[float], totals: Sequence[int], thresholds: 
     return crossings
 
 
-def block_latencies_s(timeline: Timeline, block_s: float, holdback_s: float | None = None) -> tuple[list[float], int]:
+def block_latencies_s(timeline: Timeline, block_s: float, holdback_s: float | None = None,
+                      lead_in_s: float = 0.0) -> tuple[list[float], int]:
     """Latency of each complete input block (see the module docstring) and the number of blocks lost."""
     block_in = round(block_s * timeline.input_rate_hz)
     block_out = round(block_s * timeline.output_rate_hz)
@@ -126,13 +139,57 @@ def block_latencies_s(timeline: Timeline, block_s: float, holdback_s: float | No
     holdback_out = block_out // 2 if holdback_s is None else round(holdback_s * timeline.output_rate_hz)
     if not 0 <= holdback_out < block_out:
         raise ValueError(f"holdback must lie in [0, block_s), got {holdback_s}")
+    lead_in_out = round(lead_in_s * timeline.output_rate_hz)
+    if not 0 <= lead_in_out < block_out:
+        raise ValueError(f"lead-in must lie in [0, block_s), got {lead_in_s}")
     n_blocks = (timeline.input_totals[-1] if timeline.input_totals else 0) // block_in
     complete = crossing_times(timeline.send_times_s, timeline.input_totals,
                               [(b + 1) * block_in for b in range(n_blocks)])
     arrived = crossing_times(timeline.recv_times_s, timeline.output_totals,
-                             [(b + 1) * block_out - holdback_out for b in range(n_blocks)])
+                             [max(1, (b + 1) * block_out - lead_in_out - holdback_out) for b in range(n_blocks)])
     latencies = [out - sent for sent, out in zip(complete, arrived)]
     return latencies, n_blocks - len(latencies)
+
+
+def capture_time_s(timeline: Timeline, position: float) -> float:
+    """When input sample `position` was captured: its frame's send time minus the rest of the frame.
+
+    Fractional positions are allowed; negative ones extrapolate before the first frame.
+    """
+    frame = bisect.bisect_right(timeline.input_totals, position)
+    if frame == len(timeline.input_totals):
+        raise ValueError(f"input sample {position} was never sent")
+    return timeline.send_times_s[frame] - (timeline.input_totals[frame] - position) / timeline.input_rate_hz
+
+
+def added_latencies_s(timeline: Timeline, block_s: float, lead_in_s: float = 0.0) -> tuple[list[float], int]:
+    """Added latency of each output block window (module docstring) and the number of windows lost."""
+    block_in = round(block_s * timeline.input_rate_hz)
+    block_out = round(block_s * timeline.output_rate_hz)
+    lead_in_out = round(lead_in_s * timeline.output_rate_hz)
+    n_blocks = (timeline.input_totals[-1] if timeline.input_totals else 0) // block_in
+    completed = crossing_times(timeline.send_times_s, timeline.input_totals,
+                               [(b + 1) * block_in for b in range(n_blocks)])
+    out_to_in = timeline.input_rate_hz / timeline.output_rate_hz
+    received = timeline.output_totals[-1] if timeline.output_totals else 0
+    added: list[float] = []
+    message = 0
+    for b in range(n_blocks):
+        start, end = max(0, b * block_out - lead_in_out), (b + 1) * block_out - lead_in_out
+        if received < end:
+            break
+        while timeline.output_totals[message] <= start:
+            message += 1
+        worst_s, piece = float("-inf"), message
+        while True:  # each message overlapping the window; its oldest sample there is the worst
+            piece_start = max(start, timeline.output_totals[piece - 1] if piece else 0)
+            worst_s = max(worst_s, timeline.recv_times_s[piece] - capture_time_s(timeline, piece_start * out_to_in))
+            if timeline.output_totals[piece] >= end:
+                break
+            piece += 1
+        algorithmic_s = completed[b] - capture_time_s(timeline, (b * block_out - lead_in_out) * out_to_in)
+        added.append(worst_s - algorithmic_s)
+    return added, n_blocks - len(added)
 
 
 def real_time_factor(timeline: Timeline, block_s: float, latencies_s: Sequence[float]) -> float | None:
@@ -212,6 +269,7 @@ class SessionMetrics:
     ready_ms: float | None = None
     first_packet_ms: float | None = None
     block_latencies_ms: list[float] = field(default_factory=list)
+    added_latencies_ms: list[float] = field(default_factory=list)
     lost_blocks: int = 0
     jitter_ms: float | None = None
     rtf: float | None = None
@@ -230,10 +288,12 @@ class SessionMetrics:
 
 
 def session_metrics(session_id: str, timeline: Timeline, block_s: float, *, jitter_buffer_s: float,
-                    holdback_s: float | None = None) -> SessionMetrics:
+                    holdback_s: float | None = None, lead_in_s: float = 0.0) -> SessionMetrics:
     """Everything `SessionMetrics` holds that the timeline determines (errors and server info are added by the client)."""
-    latencies, lost = block_latencies_s(timeline, block_s, holdback_s)
-    metrics = SessionMetrics(session_id, block_latencies_ms=[1000.0 * x for x in latencies], lost_blocks=lost,
+    latencies, lost = block_latencies_s(timeline, block_s, holdback_s, lead_in_s)
+    added, _ = added_latencies_s(timeline, block_s, lead_in_s)
+    metrics = SessionMetrics(session_id, block_latencies_ms=[1000.0 * x for x in latencies],
+                             added_latencies_ms=[1000.0 * x for x in added], lost_blocks=lost,
                              input_s=timeline.input_s, output_s=timeline.output_s, block_ms=1000.0 * block_s)
     if timeline.send_times_s and timeline.recv_times_s:
         metrics.first_packet_ms = 1000.0 * (timeline.recv_times_s[0] - timeline.send_times_s[0])
@@ -263,6 +323,7 @@ def summarize_point(sessions: int, results: Sequence[SessionMetrics]) -> dict[st
         "completed": sum(r.ok for r in results),
         "blocks": len(all_blocks),
         "block_latency_ms": distribution(all_blocks),
+        "added_latency_ms": distribution([x for r in results for x in r.added_latencies_ms]),
         "first_packet_ms": distribution([r.first_packet_ms for r in results]),
         "jitter_ms": distribution([r.jitter_ms for r in results]),
         "rtf": distribution([r.rtf for r in results], digits=4),

@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Any
 
 DEFINITIONS = {
+    "added_latency_ms": "per output block window: worst (arrival - capture) delay of its samples minus the "
+                        "algorithmic latency; what a listener's playout delay must add to an ideal server's. "
+                        "Counts output held back past a block boundary at its real arrival. See "
+                        "fastvc.loadgen.metrics.",
     "block_latency_ms": "last input sample of a block sent -> that block's converted audio received (blocks "
-                        "attributed by cumulative sample counts; see fastvc.loadgen.metrics). Measured from the "
-                        "block's completion, so it is the latency ADDED to the server's algorithmic latency.",
+                        "attributed by cumulative sample counts, tolerating a hold-back below half a block): "
+                        "the server's per-block turnaround as the client sees it.",
     "algorithmic_latency_ms": "worst-case sample delay of an ideal zero-compute server: one block + the "
-                              "SOLA/look-ahead lead-in (from the server's ready message or config).",
-    "worst_sample_latency_ms": "algorithmic_latency_ms + block_latency_ms: worst-case delay of one sample.",
+                              "SOLA/look-ahead lead-in (from the server's ready message).",
+    "worst_sample_latency_ms": "algorithmic_latency_ms + added_latency_ms: worst-case delay of one sample.",
     "first_packet_ms": "first audio frame sent -> first converted audio received (includes one block).",
     "jitter_ms": "per session: mean |difference| of consecutive block latencies.",
     "rtf": "(last converted audio received - first frame sent) / input seconds.",
@@ -34,10 +38,10 @@ class PlotUnavailable(RuntimeError):
 
 
 def worst_sample_latency(row: dict[str, Any], algorithmic_latency_ms: float | None) -> dict[str, float] | None:
-    """Percentiles of algorithmic + block latency (a constant shift of the block latency distribution)."""
-    if algorithmic_latency_ms is None or row["block_latency_ms"].get("p50") is None:
+    """Percentiles of algorithmic + added latency (a constant shift of the added latency distribution)."""
+    if algorithmic_latency_ms is None or row["added_latency_ms"].get("p50") is None:
         return None
-    return {k: round(algorithmic_latency_ms + row["block_latency_ms"][k], 3) for k in ("p50", "p95", "p99", "max")}
+    return {k: round(algorithmic_latency_ms + row["added_latency_ms"][k], 3) for k in ("p50", "p95", "p99", "max")}
 
 
 def batching_ratios(rows_on: Sequence[dict], rows_off: Sequence[dict]) -> list[dict[str, Any]]:
@@ -49,9 +53,11 @@ def batching_ratios(rows_on: Sequence[dict], rows_off: Sequence[dict]) -> list[d
         if off is None:
             continue
         entry: dict[str, Any] = {"sessions": row["sessions"]}
-        for q in ("p50", "p95", "p99"):
-            on_ms, off_ms = row["block_latency_ms"][q], off["block_latency_ms"][q]
-            entry[f"{q}_off_over_on"] = round(off_ms / on_ms, 3) if on_ms and off_ms is not None else None
+        for metric in ("block_latency_ms", "added_latency_ms"):
+            for q in ("p50", "p99"):
+                on_ms, off_ms = row[metric][q], off[metric][q]
+                ratio = round(off_ms / on_ms, 3) if on_ms and on_ms > 0 and off_ms is not None else None
+                entry[f"{metric.removesuffix('_latency_ms')}_{q}_off_over_on"] = ratio
         entry["errors_on"], entry["errors_off"] = row["errors"], off["errors"]
         ratios.append(entry)
     return ratios
@@ -79,10 +85,12 @@ COLUMNS = (  # header, width, decimals, how to read the cell from a row
     ("streams", 7, 1, lambda r: r["sessions"]),
     ("ok", 5, 1, lambda r: r["completed"]),
     ("blocks", 7, 1, lambda r: r["blocks"]),
+    ("add p50", 8, 1, lambda r: r["added_latency_ms"]["p50"]),
+    ("add p95", 8, 1, lambda r: r["added_latency_ms"]["p95"]),
+    ("add p99", 8, 1, lambda r: r["added_latency_ms"]["p99"]),
+    ("add max", 8, 1, lambda r: r["added_latency_ms"]["max"]),
     ("blk p50", 8, 1, lambda r: r["block_latency_ms"]["p50"]),
-    ("blk p95", 8, 1, lambda r: r["block_latency_ms"]["p95"]),
     ("blk p99", 8, 1, lambda r: r["block_latency_ms"]["p99"]),
-    ("blk max", 8, 1, lambda r: r["block_latency_ms"]["max"]),
     ("1st p50", 8, 1, lambda r: r["first_packet_ms"]["p50"]),
     ("1st p99", 8, 1, lambda r: r["first_packet_ms"]["p99"]),
     ("jit p99", 8, 1, lambda r: r["jitter_ms"]["p99"]),
@@ -103,24 +111,29 @@ def format_table(rows: Sequence[dict], title: str = "") -> str:
     lines += [header, "-" * len(header)]
     for row in rows:
         lines.append(" ".join(_fmt(read(row), digits).rjust(width) for _, width, digits, read in COLUMNS))
-    lines.append("latencies in ms (blk = block latency = added latency, 1st = first packet, jit = jitter); "
-                 "rtf = real-time factor;")
+    lines.append("latencies in ms: add = added latency (worst sample delay - algorithmic latency), "
+                 "blk = block turnaround, 1st = first packet, jit = jitter; rtf = real-time factor;")
     lines.append("under = player underruns; lag = load generator's event-loop lag; cpu/other in % of one core "
                  "(other = the rest of the machine); load1 = 1-min load average.")
     return "\n".join(lines)
 
 
 def format_ratio_table(rows_on: Sequence[dict], rows_off: Sequence[dict]) -> str:
-    lines = ["batching off vs on (block latency ratio off/on; > 1 means batching helps)",
-             f"{'streams':>7} {'p50 on':>8} {'p50 off':>8} {'p99 on':>8} {'p99 off':>8} {'p50 x':>6} {'p99 x':>6}"]
+    lines = ["batching off vs on: block turnaround p50/p99 and added p99 (ms), ratio off/on (> 1: batching helps)",
+             " ".join(h.rjust(w) for h, w in (("streams", 7), ("blk50 on", 9), ("off", 7), ("x", 6),
+                                               ("blk99 on", 9), ("off", 7), ("x", 6), ("add99 on", 9),
+                                               ("off", 7), ("x", 6), ("err on/off", 11)))]
     off_by_n = {row["sessions"]: row for row in rows_off}
-    for ratio, row in zip(batching_ratios(rows_on, rows_off), (r for r in rows_on if r["sessions"] in off_by_n)):
-        off = off_by_n[row["sessions"]]
-        lines.append(" ".join([
-            f"{row['sessions']:>7}",
-            _fmt(row["block_latency_ms"]["p50"]).rjust(8), _fmt(off["block_latency_ms"]["p50"]).rjust(8),
-            _fmt(row["block_latency_ms"]["p99"]).rjust(8), _fmt(off["block_latency_ms"]["p99"]).rjust(8),
-            _fmt(ratio["p50_off_over_on"], 2).rjust(6), _fmt(ratio["p99_off_over_on"], 2).rjust(6)]))
+    for ratio in batching_ratios(rows_on, rows_off):
+        row = next(r for r in rows_on if r["sessions"] == ratio["sessions"])
+        off = off_by_n[ratio["sessions"]]
+        cells = [f"{ratio['sessions']:>7}"]
+        for metric, q, short in (("block_latency_ms", "p50", "block"), ("block_latency_ms", "p99", "block"),
+                                 ("added_latency_ms", "p99", "added")):
+            cells += [_fmt(row[metric][q]).rjust(9), _fmt(off[metric][q]).rjust(7),
+                      _fmt(ratio[f"{short}_{q}_off_over_on"], 2).rjust(6)]
+        cells.append(f"{ratio['errors_on']}/{ratio['errors_off']}".rjust(11))
+        lines.append(" ".join(cells))
     return "\n".join(lines)
 
 
@@ -134,23 +147,24 @@ def plot_sweep(rows: Sequence[dict], rows_off: Sequence[dict] | None, path: str 
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise PlotUnavailable("matplotlib is not installed: pip install 'fastvc[plot]' for the PNG") from error
-    figure, (blocks_axes, first_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, all_axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    panels = (("added_latency_ms", "added latency [ms]", ("p50", "p95", "p99")),
+              ("block_latency_ms", "block turnaround [ms]", ("p50", "p95", "p99")),
+              ("first_packet_ms", "first packet [ms]", ("p50", "p99")))
+    markers = {"p50": "o", "p95": "s", "p99": "^"}
     for series, style, label in ((rows, "-", "batching on"), (rows_off, "--", "batching off")):
         if not series:
             continue
         streams = [r["sessions"] for r in series]
-        for q, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
-            blocks_axes.plot(streams, [r["block_latency_ms"][q] for r in series], style, marker=marker,
-                             label=f"{q} {label}" if rows_off else q)
-        for q, marker in (("p50", "o"), ("p99", "^")):
-            first_axes.plot(streams, [r["first_packet_ms"][q] for r in series], style, marker=marker,
-                            label=f"{q} {label}" if rows_off else q)
+        for axes, (metric, _, quantiles) in zip(all_axes, panels):
+            for q in quantiles:
+                axes.plot(streams, [r[metric][q] for r in series], style, marker=markers[q],
+                          label=f"{q} {label}" if rows_off else q)
     if budget_ms is not None:
-        blocks_axes.axhline(budget_ms, color="grey", linestyle=":", label=f"{budget_ms:g} ms budget")
-    for axes, name in ((blocks_axes, "block latency (added) [ms]"), (first_axes, "first packet [ms]")):
+        all_axes[0].axhline(budget_ms, color="grey", linestyle=":", label=f"{budget_ms:g} ms budget")
+    for axes, (_, name, _) in zip(all_axes, panels):
         axes.set_xscale("log", base=2)
         axes.set_xticks(sorted({r["sessions"] for r in rows}), [str(n) for n in sorted({r["sessions"] for r in rows})])
-        axes.set_ylim(bottom=0)
         axes.set_xlabel("concurrent streams")
         axes.set_ylabel(name)
         axes.grid(True, which="both", alpha=0.3)
