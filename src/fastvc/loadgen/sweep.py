@@ -1,7 +1,8 @@
 """Run N concurrent sessions against one server: in one asyncio process, or fanned out over processes.
 
-    run_sessions(url, n, audio, duration_s, ...) -> [SessionMetrics]      (the simple API)
-    run_load(url, n, audio, duration_s, ...)     -> LoadRun (+ the client's own event-loop lag)
+    run_sessions(url, n, audio, duration_s, ...)    -> [SessionMetrics]      (the simple API)
+    run_load(url, n, audio, duration_s, ...)        -> LoadRun (+ the client's own event-loop lag)
+    await run_load_async(url, n, audio, ...)        -> LoadRun, in the caller's event loop
 
 Past `sessions_per_process` sessions the run is split over worker processes (spawned, so they share no
 event loop or socket state); each prepares its frames, waits at a start barrier, runs its share of the
@@ -72,13 +73,27 @@ def run_load(url: str, n: int, audio: str | Path | Clip, duration_s: float, fram
     """Run the sessions (blocking). `client_options` are `ClientOptions` fields (api_key, block_ms, ...)."""
     options = ClientOptions(url=url, encoding=encoding.upper(), pace=pace, **client_options)
     processes = processes or max(1, -(-n // sessions_per_process))
-    tag = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
     if processes == 1:
-        frames = _frames(audio, duration_s, frame_ms, options.encoding, sample_rate_hz)
-        return _run_in_loop(_run_share(options, frames, _Share(n, 0, 1, ramp_s, tag), ProgressCounters(),
-                                       progress, start_at_s=None))
+        return _run_in_loop(run_load_async(url, n, audio, duration_s, frame_ms, encoding, pace, ramp_s,
+                                           progress=progress, sample_rate_hz=sample_rate_hz, **client_options))
     args = (options, audio, duration_s, frame_ms, sample_rate_hz)
-    return _run_in_processes(args, n, ramp_s, tag, processes, progress)
+    return _run_in_processes(args, n, ramp_s, _run_tag(), processes, progress)
+
+
+async def run_load_async(url: str, n: int, audio: str | Path | Clip, duration_s: float, frame_ms: float = 20.0,
+                         encoding: str = "PCM", pace: str = "realtime", ramp_s: float = 0.0, *,
+                         progress: ProgressCallback | None = None, sample_rate_hz: int | None = None,
+                         **client_options: Any) -> LoadRun:
+    """`run_load` inside the caller's event loop (one process)."""
+    options = ClientOptions(url=url, encoding=encoding.upper(), pace=pace, **client_options)
+    frames = _frames(audio, duration_s, frame_ms, options.encoding, sample_rate_hz)
+    return await _run_share(options, frames, _Share(n, 0, 1, ramp_s, _run_tag()), ProgressCounters(), progress,
+                            start_at_s=None)
+
+
+def _run_tag() -> str:
+    """Makes session ids unique across runs and processes."""
+    return f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
 
 
 def _frames(audio: str | Path | Clip, duration_s: float, frame_ms: float, encoding: str,
