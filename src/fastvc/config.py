@@ -68,12 +68,20 @@ class StreamConfig:
 
 @dataclass
 class SchedulerConfig:
+    """Micro-batching policy; see `fastvc.scheduler` for what each knob does."""
+
     max_batch_size: int = 64
     max_wait_ms: float = 20.0
     safety_margin_ms: float = 20.0
+    conceal_late_ms: float = 40.0
     prompt_buckets: bool = False
+    prompt_bucket_frames: int = 64
     adaptive_steps: bool = True
     min_diffusion_steps: int = 4
+    steps_step_down: int = 1
+    recover_after_batches: int = 20
+    overload_hold_s: float = 2.0
+    calibration_sizes: list[int] = field(default_factory=lambda: [1, 4])
 
 
 @dataclass

@@ -158,7 +158,8 @@ def _cut_frames(wav: torch.Tensor, window: int, shift: int, snip_edges: bool) ->
         raise ValueError(f"{num_samples} samples are shorter than one {window}-sample Kaldi frame")
     if snip_edges:
         return wav.unfold(-1, window, shift)[:, :num_frames]
-    index = first + torch.arange(num_frames)[:, None] * shift + torch.arange(window)[None, :]
+    index = first + torch.arange(num_frames, device=wav.device)[:, None] * shift \
+        + torch.arange(window, device=wav.device)[None, :]
     index = torch.remainder(index, 2 * num_samples)
     index = torch.where(index >= num_samples, 2 * num_samples - 1 - index, index)
     return wav[:, index]
@@ -205,13 +206,13 @@ def kaldi_fbank(wav: torch.Tensor, *, num_mel_bins: int = 80, sample_frequency: 
     if preemphasis_coefficient != 0.0:
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
         frames = frames - preemphasis_coefficient * previous
-    frames = frames * kaldi_window(window_type, window, blackman_coeff).to(frames.dtype)
+    frames = frames * kaldi_window(window_type, window, blackman_coeff).to(frames)
     if use_energy and not raw_energy:
         energy = _log_energy(frames, energy_floor)
     spectrum = torch.fft.rfft(frames, n=padded).abs()                          # (B, T, padded // 2 + 1)
     if use_power:
         spectrum = spectrum.pow(2)
-    banks = kaldi_mel_banks(num_mel_bins, padded, sample_frequency, low_freq, high_freq).to(spectrum.dtype)
+    banks = kaldi_mel_banks(num_mel_bins, padded, sample_frequency, low_freq, high_freq).to(spectrum)
     features = torch.matmul(spectrum, banks.T)                                 # (B, T, num_mel_bins)
     if use_log_fbank:
         features = features.clamp(min=_FLOAT32_EPS).log()
@@ -231,7 +232,14 @@ def kaldi_fbank(wav: torch.Tensor, *, num_mel_bins: int = 80, sample_frequency: 
 def _sinc_kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     """Kernel bank (new, 1, 2·width + orig) for gcd-reduced rates, and the half-width `width` in input
     samples. Row j holds the taps of output phase j: tap p weighs input sample m·orig − width + p for output
-    m·new + j. Evaluated in float32 (Hann-squared-cos window), as torchaudio does for float32 audio."""
+    m·new + j. Evaluated in float32 (Hann-squared-cos window), as torchaudio does for float32 audio.
+    Built as a plain CPU tensor whatever the caller's context (inference mode, default device), since it
+    is cached."""
+    with torch.inference_mode(False), torch.device("cpu"):
+        return _build_sinc_kernel(orig, new, lowpass_filter_width, rolloff)
+
+
+def _build_sinc_kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     base_freq = min(orig, new) * rolloff
     width = math.ceil(lowpass_filter_width * orig / base_freq)
     taps = torch.arange(-width, width + orig, dtype=torch.float32)[None, :] / orig      # (1, K)
