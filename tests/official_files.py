@@ -131,3 +131,15 @@ def parts_from_model(model, configs: dict[str, Any], extra_layers: int = 1) -> O
         cfm=model.dit.state_dict(), length_regulator=model.length_regulator.state_dict(),
         wav2vec2=model.wav2vec2.state_dict(), wav2vec2_config=w2v_config, campplus=model.campplus.state_dict(),
         hift=model.hift.state_dict(), model_params=model_params, mel=mel, extra_layers=extra_layers)
+
+
+def write_tiny_official(root: Path, seed: int = 11):
+    """Tiny checkpoints in the official formats from a seeded random `tiny` model: (that model, files, hift config).
+
+    The vocoder's config is in no downloaded file (upstream ships it in its code), so a test using these files
+    must swap `weights.HIFT_CONFIG` for the returned one; everything else is read from the files."""
+    from fastvc.model import presets
+
+    configs = presets.preset_configs("tiny")
+    source = presets.random_model("tiny", seed=seed)
+    return source, write_official_files(root, parts_from_model(source, configs)), configs["hift"]

@@ -9,8 +9,8 @@ import torch
 
 from fastvc.config import Config
 from fastvc.engine.base import BlockRequest, EngineError, EngineLoadError, create_engine
-from fastvc.model import presets, weights
-from official_files import local_model_config, parts_from_model, populate_hub_cache, write_official_files
+from fastvc.model import weights
+from official_files import local_model_config, populate_hub_cache, write_tiny_official
 from test_voices import tone, write_pcm16
 
 STEPS = 3  # the property under test does not depend on the step count; few steps keep the tests fast
@@ -120,14 +120,9 @@ def test_seedvc_engine_without_weights_names_the_download_command(tmp_path, monk
 
 @pytest.fixture
 def tiny_official(tmp_path, monkeypatch):
-    """Tiny checkpoints in the official formats, written from a seeded random `tiny` model, plus that model.
-
-    The vocoder's config is not in any downloaded file (upstream ships it in its code), so the real-size
-    HIFT_CONFIG is swapped for the tiny one: everything else is read from the files."""
-    configs = presets.preset_configs("tiny")
-    monkeypatch.setattr(weights, "HIFT_CONFIG", configs["hift"])
-    source = presets.random_model("tiny", seed=11)
-    files = write_official_files(tmp_path / "official", parts_from_model(source, configs))
+    """Tiny official-format checkpoints and the random model they were written from."""
+    source, files, hift_config = write_tiny_official(tmp_path / "official")
+    monkeypatch.setattr(weights, "HIFT_CONFIG", hift_config)
     return source, files
 
 
