@@ -38,3 +38,21 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MeteredEngine:
+    """An engine seen through its batch sizes: `run_batch` observes `len(requests)`, everything else delegates.
+
+    Works with any runner (it only calls the engine), on the worker thread (prometheus metrics are thread-safe).
+    """
+
+    def __init__(self, engine, batch_size: Histogram) -> None:
+        self.engine = engine
+        self._batch_size = batch_size
+
+    def run_batch(self, requests):
+        self._batch_size.observe(len(requests))
+        return self.engine.run_batch(requests)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)

@@ -34,7 +34,7 @@ from fastvc.config import Config, ConfigError, load_config
 from fastvc.dialects import DIALECTS
 from fastvc.engine.base import create_engine
 from fastvc.log import configure_logging
-from fastvc.metrics import Metrics
+from fastvc.metrics import MeteredEngine, Metrics
 from fastvc.recording import Recorder
 from fastvc.runner import EngineRunner
 from fastvc.service import Service
@@ -101,7 +101,8 @@ class Server:
         except Exception as error:
             self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
             raise
-        runner = EngineRunner(engine, max_batch_size=self.config.scheduler.max_batch_size, logger=self.log)
+        metered = MeteredEngine(engine, self.metrics.batch_size)
+        runner = EngineRunner(metered, max_batch_size=self.config.scheduler.max_batch_size, logger=self.log)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
