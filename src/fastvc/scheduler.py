@@ -249,6 +249,10 @@ class Scheduler:
         self.pending -= len(queue)
         return list(queue)
 
+    def session_ids(self) -> list[str]:
+        """Sessions with pending blocks."""
+        return list(self._sessions)
+
     def _queue(self, key: Hashable) -> _KeyQueue:
         if key not in self._queues:
             self._queues[key] = _KeyQueue()
@@ -410,11 +414,12 @@ class Scheduler:
             self.concealed_total += len(blocks)
             self._last_trouble_s = now_s
 
-    def batch_done(self, batch: Batch, forward_s: float, ok: bool = True) -> None:
-        """Report a finished forward pass (its measured duration) to refine the forward-time fit."""
+    def batch_done(self, batch: Batch, forward_s: float, ok: bool = True, size: int | None = None) -> None:
+        """Report a finished forward pass of `size` blocks (default: the whole batch; fewer when some were
+        dropped) and its measured duration, to refine the forward-time fit. A failed pass (`ok=False`) is not fit."""
         self._worker_free_s = batch.dispatched_s + forward_s
         if ok:
-            self.forward.observe(batch.size, batch.diffusion_steps, forward_s)
+            self.forward.observe(batch.size if size is None else size, batch.diffusion_steps, forward_s)
 
     # ---- admission ----------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class Server:
         engine_config = self.config.engine
         engine = await asyncio.to_thread(create_engine, engine_config.name, self.config.stream.settings(),
                                          config=self.config)
-        runner = EngineRunner(engine, max_batch_size=self.config.scheduler.max_batch_size, logger=self.log)
+        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
