@@ -18,7 +18,7 @@ from fastvc.config import Config
 from fastvc.server import Server
 
 
-def test_config(**server_overrides) -> Config:
+def make_config(**server_overrides) -> Config:
     config = Config()
     config.engine.name = "passthrough"
     config.server.host = "127.0.0.1"
@@ -31,7 +31,7 @@ def test_config(**server_overrides) -> Config:
 
 @contextlib.asynccontextmanager
 async def running_server(config: Config | None = None) -> AsyncIterator[Server]:
-    server = Server(config or test_config())
+    server = Server(config or make_config())
     await server.start()
     try:
         yield server
@@ -124,3 +124,37 @@ def best_alignment(reference: np.ndarray, output: np.ndarray, max_lag: int) -> t
         if corr > best[1]:
             best = (lag, corr)
     return best
+
+
+def opus_packets(samples: np.ndarray, rate_hz: int, frame_ms: int = 20) -> list[bytes]:
+    """What an Opus client sends: one packet per message."""
+    from fastvc.codec import OpusEncoder
+
+    encoder = OpusEncoder(rate_hz, frame_ms)
+    return encoder.encode(samples) + encoder.flush()
+
+
+def decode_opus(packets: list[bytes], rate_hz: int, frame_ms: int = 20, drop_lookahead: bool = False) -> np.ndarray:
+    """What an Opus client hears, resampled to `rate_hz` (optionally without the encoder's look-ahead)."""
+    from fastvc.codec import OPUS_DECODE_RATE_HZ, OPUS_LOOKAHEAD_48K, OpusDecoder
+
+    decoder = OpusDecoder(frame_ms)
+    decoded = np.concatenate([decoder.decode(packet) for packet in packets])
+    if drop_lookahead:
+        decoded = decoded[OPUS_LOOKAHEAD_48K:]
+    return soxr.resample(decoded, OPUS_DECODE_RATE_HZ, rate_hz, "HQ").astype(np.float32)
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET on loopback: status, headers (lower-case names), body."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body

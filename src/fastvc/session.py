@@ -159,7 +159,8 @@ class Session:
         self._model_target: int | None = None  # model-rate samples to emit in all, known at the end
         self._model_emitted = 0
         self._lead_in_left = geometry.lead_in_samples
-        self._queue: asyncio.Queue[_InFlight | None] = asyncio.Queue(maxsize=params.max_blocks_in_flight)
+        # the emitter holds one block while it waits for it: the queue holds the rest of max_blocks_in_flight
+        self._queue: asyncio.Queue[_InFlight | None] = asyncio.Queue(maxsize=max(1, params.max_blocks_in_flight - 1))
         self._failure: Exception | None = None
         self._emitter: asyncio.Task | None = None
 
