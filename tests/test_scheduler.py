@@ -109,6 +109,17 @@ def test_a_session_that_left_has_its_pending_blocks_dropped():
     assert scheduler.decide(0.3).batch is None
 
 
+def test_a_cancelled_block_is_forgotten_and_its_session_goes_on():
+    scheduler = Scheduler(SchedulerSettings(max_wait_ms=0.0))
+    first = scheduler.add("s", 0, KEY, 10, ready_s=0.0)
+    middle = scheduler.add("s", 1, KEY, 10, ready_s=0.01)
+    scheduler.add("s", 2, KEY, 10, ready_s=0.02)
+    scheduler.discard(middle)
+    scheduler.discard(first)
+    assert scheduler.pending == 1
+    assert [(b.session_id, b.block_index) for b in scheduler.decide(0.03).batch.blocks] == [("s", 2)]
+
+
 def test_the_forward_time_fit_learns_a_plus_b_size():
     model = ForwardTimeModel()
     rng = random.Random(1)

@@ -99,12 +99,18 @@ class EngineRunner:
         with `EngineError` when its batch failed. Cancel it to drop the block (its session left).
         """
         future: asyncio.Future[BlockResult] = asyncio.get_running_loop().create_future()
-        self.scheduler.add(request.session_id, request.block_index, request.batch_key(), request.diffusion_steps,
-                           self.clock() if ready_s is None else ready_s, PendingBlock(request, future),
-                           prompt_frames=self._prompt_frames(request))
+        block = self.scheduler.add(request.session_id, request.block_index, request.batch_key(),
+                                   request.diffusion_steps, self.clock() if ready_s is None else ready_s,
+                                   PendingBlock(request, future), prompt_frames=self._prompt_frames(request))
+        future.add_done_callback(lambda f: f.cancelled() and self.scheduler.discard(block))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         return future
+
+    @property
+    def pending(self) -> int:
+        """Blocks queued, not yet in a forward pass."""
+        return self.scheduler.pending
 
     def is_overloaded(self) -> bool:
         """Admission control: True while new sessions should be refused (OVERLOADED, close code 1013)."""

@@ -249,6 +249,18 @@ class Scheduler:
         self.pending -= len(queue)
         return list(queue)
 
+    def discard(self, block: QueuedBlock) -> None:
+        """Forget one pending block (its session cancelled it); a block already taken is left alone."""
+        session = self._sessions.get(block.session_id)
+        if block.dequeued or session is None:
+            return
+        if session[0] is block:
+            self._take(self._queues[block.key], block)
+            return
+        session.remove(block)
+        block.dequeued = True
+        self.pending -= 1
+
     def session_ids(self) -> list[str]:
         """Sessions with pending blocks."""
         return list(self._sessions)
