@@ -90,3 +90,12 @@ async def test_sessions_past_the_drain_timeout_are_closed_with_1001():
         await asyncio.wait_for(reader, 5)
     assert result.close_code == 1001
     assert server.service.active_sessions == 0
+
+
+async def test_an_engine_that_fails_to_load_stops_the_server_with_exit_code_1(tmp_path):
+    from fastvc.server import serve_until_signalled
+
+    config = make_config(state_dir=str(tmp_path))
+    config.engine.name = "no-such-engine"
+    assert await asyncio.wait_for(serve_until_signalled(config), 10) == 1
+    assert list(tmp_path.iterdir()) == []  # the state file is gone too

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http
+import os
 import signal
 import sys
+import time
 from dataclasses import replace
 
 import structlog
@@ -33,12 +35,16 @@ from fastvc.dialects import DIALECTS
 from fastvc.engine.base import create_engine
 from fastvc.log import configure_logging
 from fastvc.metrics import Metrics
+from fastvc.recording import Recorder
 from fastvc.runner import EngineRunner
 from fastvc.service import Service
+from fastvc.statefile import ServerState, remove_state, write_state
 
 WIRE_SIZE_HEADROOM = 2
 """The transport accepts messages up to this many times `max_message_bytes`, so the protocol can answer an
 oversized one with a MESSAGE_TOO_LARGE error instead of the transport's bare close 1009."""
+
+RECORDING_PRUNE_INTERVAL_S = 6 * 3600
 
 
 class Server:
@@ -48,15 +54,19 @@ class Server:
         self.config = config
         self.log = logger or structlog.get_logger("fastvc.server")
         self.metrics = Metrics()
-        self.service = Service(config, self.metrics, recorder=None, logger=self.log)
+        recording = config.recording
+        self.recorder = Recorder(recording.directory, recording.retention_days) if recording.enabled else None
+        self.service = Service(config, self.metrics, recorder=self.recorder, logger=self.log)
         self._ws_server: WebSocketServer | None = None
         self._engine_task: asyncio.Task | None = None
+        self._prune_task: asyncio.Task | None = None
+        self._port = 0
         self._stopped = asyncio.Event()
 
     @property
     def port(self) -> int:
-        """The bound port (useful when the config asked for port 0)."""
-        return self._ws_server.sockets[0].getsockname()[1]
+        """The bound port (useful when the config asked for port 0); known once `start` has bound it."""
+        return self._port
 
     async def start(self, *, wait_ready: bool = True) -> None:
         server_config = self.config.server
@@ -67,23 +77,43 @@ class Server:
             max_size=server_config.max_message_bytes * WIRE_SIZE_HEADROOM,
             server_header=f"fastvc/{__version__}",
         )
+        self._port = self._ws_server.sockets[0].getsockname()[1]
         self.log.info("server.listening", host=server_config.host, port=self.port, engine=self.config.engine.name,
                       auth=self.service.auth_enabled)
         if not self.service.auth_enabled:
             self.log.warning("server.auth_disabled", hint="set [auth] api_keys or the FASTVC_API_KEYS variable")
         self._engine_task = asyncio.create_task(self._load_engine(), name="fastvc-load-engine")
+        if self.recorder is not None:
+            self._prune_task = asyncio.create_task(self._prune_recordings(), name="fastvc-prune-recordings")
         if wait_ready:
             await self._engine_task
 
+    @property
+    def engine_task(self) -> asyncio.Task:
+        """Loading the engine; done when ready (or failed: its exception says why)."""
+        return self._engine_task
+
     async def _load_engine(self) -> None:
         engine_config = self.config.engine
-        engine = await asyncio.to_thread(create_engine, engine_config.name, self.config.stream.settings(),
-                                         config=self.config)
+        try:
+            engine = await asyncio.to_thread(create_engine, engine_config.name, self.config.stream.settings(),
+                                             config=self.config)
+        except Exception as error:
+            self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
+            raise
         runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
                       algorithmic_latency_ms=round(engine.geometry.algorithmic_latency_s * 1000, 1))
+
+    async def _prune_recordings(self) -> None:
+        """Apply the recordings' retention now and every `RECORDING_PRUNE_INTERVAL_S`."""
+        while True:
+            deleted = await asyncio.to_thread(self.recorder.prune)
+            if deleted:
+                self.log.info("recordings.pruned", days_deleted=deleted)
+            await asyncio.sleep(RECORDING_PRUNE_INTERVAL_S)
 
     async def drain(self) -> None:
         """Graceful stop: refuse new sessions, let current ones finish (bounded), close the rest with 1001."""
@@ -105,9 +135,10 @@ class Server:
         if self._ws_server is not None:
             self._ws_server.close(close_connections=True, code=1001, reason="server shutting down")
             await self._ws_server.wait_closed()
-        if self._engine_task is not None and not self._engine_task.done():
-            self._engine_task.cancel()
-            await asyncio.gather(self._engine_task, return_exceptions=True)
+        for task in (self._engine_task, self._prune_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.service.runner is not None:
             await self.service.runner.stop()
             self.service.engine.close()
@@ -162,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help="interface to bind (overrides [server] host)")
     parser.add_argument("--port", type=int, default=None, help="port to bind (overrides [server] port)")
     parser.add_argument("--engine", default=None, help="engine name (overrides [engine] name)")
+    parser.add_argument("--state-dir", default=None, help="state file directory (overrides [server] state_dir)")
     return parser
 
 
@@ -173,27 +205,42 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.server.port = args.port
     if args.engine is not None:
         config.engine.name = args.engine
+    if args.state_dir is not None:
+        config.server.state_dir = args.state_dir
     return config
 
 
-async def serve_until_signalled(config: Config) -> None:
-    """Start, serve until SIGINT/SIGTERM, then drain and stop."""
+async def serve_until_signalled(config: Config, config_path: str | None = None) -> int:
+    """Start, serve until SIGINT/SIGTERM, then drain and stop. Returns the exit code (1: the engine failed)."""
     server = Server(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain()))
     await server.start(wait_ready=False)
-    await server.wait_stopped()
+    state = ServerState(pid=os.getpid(), host=config.server.host, port=server.port, version=__version__,
+                        started_at=time.time(), config=config_path)
+    write_state(config.server.state_dir, state)
+    try:
+        stopped = asyncio.ensure_future(server.wait_stopped())
+        await asyncio.wait([stopped, server.engine_task], return_when=asyncio.FIRST_COMPLETED)
+        if server.engine_task.done() and not server.engine_task.cancelled() and server.engine_task.exception():
+            await server.stop()
+            return 1
+        await stopped
+        return 0
+    finally:
+        remove_state(config.server.state_dir, server.port, os.getpid())
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
-def run(config: Config) -> None:
+def run(config: Config, config_path: str | None = None) -> int:
     configure_logging(config.logging.level, config.logging.format, config.logging.directory)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
-        asyncio.run(serve_until_signalled(config))
-    else:
-        uvloop.run(serve_until_signalled(config))
+        return asyncio.run(serve_until_signalled(config, config_path))
+    return uvloop.run(serve_until_signalled(config, config_path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fastvc: {error}", file=sys.stderr)
         return 2
-    run(config)
-    return 0
+    return run(config, args.config)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,11 @@ class Service:
         self.metrics.sessions_total.inc()
         return session
 
+    def close_session(self, session: Session, summary: dict) -> None:
+        """After a session ends, whatever the outcome: finish its recording with `summary`."""
+        if session.observer is not None:
+            session.observer.close(summary)
+
     def close(self) -> None:
         self.codec_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -140,3 +145,7 @@ class SessionObserver:
         self.metrics.block_latency.observe(latency_s)
         if failed:
             self.metrics.blocks_failed.inc()
+
+    def close(self, summary: dict) -> None:
+        if self.recording is not None:
+            self.recording.close(summary)

@@ -67,23 +67,29 @@ class NativeConnection:
         self.receive_timeout_s = server_config.receive_timeout_s
         self.log = structlog.get_logger("fastvc.native").bind(peer=_peer(connection))
         self.session: Session | None = None
+        self.config: SessionConfig | None = None
         self.decoder: Decoder | None = None
         self.sink: NativeSink | None = None
+        self.outcome = "aborted"
 
     async def run(self) -> None:
         try:
             with self.service.admit():
                 await self._serve()
         except ProtocolError as error:
+            self.outcome = error.error_code
             await self._refuse(error)
         except ConnectionClosed:
+            self.outcome = "client_gone"
             self.log.info("session.client_gone", blocks=self._blocks())
         except Exception as error:  # noqa: BLE001 - a bug: report INTERNAL_ERROR to the client, log the trace
+            self.outcome = "INTERNAL_ERROR"
             self.log.exception("session.internal_error", error=repr(error))
             await self._refuse(InternalError("internal server error"), logged=True)
         finally:
             if self.session is not None:
                 await self.session.abort()
+                self.service.close_session(self.session, self._summary())
 
     async def _serve(self) -> None:
         config = await self._handshake()
@@ -101,7 +107,7 @@ class NativeConnection:
         event = self.protocol.receive(await self._receive())
         if not isinstance(event, ConfigEvent):  # the protocol refuses audio and 'end' before config
             raise InvalidMessage("the first message must be 'config'")
-        config = event.config
+        config = self.config = event.config
         self.service.authenticate(config.api_key)
         self.decoder = make_decoder(config.encoding, sample_rate_hz=config.sample_rate_hz,
                                     bit_depth=config.bit_depth, frame_ms=config.opus_frame_ms)
@@ -145,6 +151,7 @@ class NativeConnection:
         stats.concealed_packets = self.decoder.concealed_packets
         self.service.metrics.opus_concealed.inc(self.decoder.concealed_packets)
         self.service.metrics.sessions_completed.inc()
+        self.outcome = "complete"
         summary = stats.to_dict()
         self.log.info("session.end", outcome="complete", **summary)
         await self.connection.send(complete_message(config.session_id, summary))
@@ -160,6 +167,11 @@ class NativeConnection:
             await self.connection.close(error.close_code, error.error_code)
         except ConnectionClosed:
             pass  # the client left first: nothing more to tell it
+
+    def _summary(self) -> dict:
+        """Stats, outcome and config of the session (for its recording)."""
+        return {"session_id": self.config.session_id, "outcome": self.outcome,
+                "config": config_dict(self.config), "stats": self.session.stats.to_dict()}
 
     def _blocks(self) -> int:
         return self.session.stats.blocks if self.session is not None else 0
