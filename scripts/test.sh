@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/install-browser.sh  # Chromium for the demo page's browser test (skipped if it cannot be installed)
 exec .venv/bin/python -m pytest -q "$@"

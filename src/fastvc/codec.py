@@ -5,6 +5,7 @@
                                concealed (silence of one frame) and counted, never fatal
     PcmEncoder()               (n,) float32 -> int16 little-endian bytes, clipped (never wraps around)
     OpusEncoder(rate, frame)   (n,) float32 -> Opus packets, one per frame; `flush` pads the last frame
+    G711Decoder/G711Encoder    "MULAW" / "ALAW" telephony bytes <-> float32 (fastvc.g711)
     StreamResampler(in, out)   soxr.ResampleStream: chunked output equals a one-shot resample; `flush` at end
 
 Pick them by wire name with `make_decoder` / `make_encoder`; an unknown name raises `UnknownCodecError`.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import soxr
+
+from fastvc.g711 import G711_LAWS, G711Decoder, G711Encoder
 
 OPUS_DECODE_RATE_HZ = 48000
 """libopus always decodes at 48 kHz here (PyAV's decoder ignores a requested rate)."""
@@ -178,8 +181,8 @@ class OpusEncoder:
         return [bytes(packet) for packet in self._context.encode(frame)]
 
 
-Decoder = PcmDecoder | OpusDecoder
-Encoder = PcmEncoder | OpusEncoder
+Decoder = PcmDecoder | OpusDecoder | G711Decoder
+Encoder = PcmEncoder | OpusEncoder | G711Encoder
 
 
 def make_decoder(encoding: str, *, sample_rate_hz: int, bit_depth: int = 16, frame_ms: int = 20) -> Decoder:
@@ -188,7 +191,9 @@ def make_decoder(encoding: str, *, sample_rate_hz: int, bit_depth: int = 16, fra
         return PcmDecoder(bit_depth, sample_rate_hz)
     if encoding == "OPUS":
         return OpusDecoder(frame_ms)
-    raise UnknownCodecError(f"unknown encoding {encoding!r}; choose PCM or OPUS")
+    if encoding in G711_LAWS:
+        return G711Decoder(encoding, sample_rate_hz)
+    raise UnknownCodecError(f"unknown encoding {encoding!r}; choose PCM, OPUS, MULAW or ALAW")
 
 
 def make_encoder(encoding: str, *, sample_rate_hz: int, frame_ms: int = 20) -> Encoder:
@@ -197,7 +202,9 @@ def make_encoder(encoding: str, *, sample_rate_hz: int, frame_ms: int = 20) -> E
         return PcmEncoder(sample_rate_hz)
     if encoding == "OPUS":
         return OpusEncoder(sample_rate_hz, frame_ms)
-    raise UnknownCodecError(f"unknown encoding {encoding!r}; choose PCM or OPUS")
+    if encoding in G711_LAWS:
+        return G711Encoder(encoding, sample_rate_hz)
+    raise UnknownCodecError(f"unknown encoding {encoding!r}; choose PCM, OPUS, MULAW or ALAW")
 
 
 class StreamResampler:

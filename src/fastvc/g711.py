@@ -2,6 +2,7 @@
 
     int16 PCM (n,) --mulaw_encode / alaw_encode--> uint8 codes (n,)
     uint8 codes (n,) --mulaw_decode / alaw_decode--> int16 PCM (n,)
+    G711Decoder / G711Encoder: the codecs "MULAW" and "ALAW" (float32 samples <-> code bytes)
 
 Both laws split the magnitude into 8 segments of 16 steps each; the step doubles from one segment to the next.
 Linear values are 16-bit: μ-law works on 14-bit magnitudes (16-bit / 4), A-law on 13-bit (16-bit / 8), so the
@@ -106,3 +107,41 @@ def alaw_encode(pcm16: np.ndarray) -> np.ndarray:
 def alaw_decode(codes: np.ndarray | bytes) -> np.ndarray:
     """codes: (n,) uint8 or bytes -> (n,) int16."""
     return ALAW_DECODE_TABLE[np.frombuffer(codes, dtype=np.uint8) if isinstance(codes, bytes) else codes]
+
+
+class G711Decoder:
+    """Codec for the wire names "MULAW" / "ALAW": code bytes -> (n,) float32 in [-1, 1). Stateless."""
+
+    costly = False
+
+    def __init__(self, law: str, sample_rate_hz: int) -> None:
+        self._decode = {"MULAW": mulaw_decode, "ALAW": alaw_decode}[law]
+        self.law = law
+        self.output_rate_hz = sample_rate_hz
+        self.concealed_packets = 0
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        return self._decode(payload).astype(np.float32) / np.float32(32768.0)
+
+
+class G711Encoder:
+    """(n,) float32 -> one message of code bytes per call, clipped (a loud sample saturates). Stateless."""
+
+    costly = False
+
+    def __init__(self, law: str, sample_rate_hz: int) -> None:
+        self._encode = {"MULAW": mulaw_encode, "ALAW": alaw_encode}[law]
+        self.law = law
+        self.sample_rate_hz = sample_rate_hz
+
+    def encode(self, samples: np.ndarray) -> list[bytes]:
+        if samples.shape[0] == 0:
+            return []
+        pcm16 = np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+        return [self._encode(pcm16).tobytes()]
+
+    def flush(self) -> list[bytes]:
+        return []
+
+
+G711_LAWS = ("MULAW", "ALAW")

@@ -9,11 +9,15 @@ The native dialect (fast-vc-service compatible JSON + binary audio) serves `/` a
 
 from __future__ import annotations
 
-from fastvc.dialects.native import serve_native
+from fastvc.dialects.l16 import serve_l16
+from fastvc.dialects.root import serve_root
+from fastvc.dialects.twilio import serve_twilio
 
 DIALECTS = {
-    "/": serve_native,
-    "/ws": serve_native,
+    "/": serve_root,  # native, or fast-vc-service's simple protocol, picked by the first message
+    "/ws": serve_root,
+    "/twilio": serve_twilio,  # Twilio Media Streams (bidirectional)
+    "/l16": serve_l16,  # raw 16-bit PCM, format in the query string
 }
 
 __all__ = ["DIALECTS"]

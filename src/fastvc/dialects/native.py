@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import structlog
@@ -72,9 +73,10 @@ class NativeConnection:
         self.sink: NativeSink | None = None
         self.outcome = "aborted"
 
-    async def run(self) -> None:
+    async def run(self, *, slot: contextlib.AbstractContextManager | None = None) -> None:
+        """`slot`: this connection's session slot when the caller took it already (`fastvc.dialects.root`)."""
         try:
-            with self.service.admit():
+            with slot if slot is not None else self.service.admit():
                 await self._serve()
         except ProtocolError as error:
             self.outcome = error.error_code
@@ -182,5 +184,5 @@ def _peer(connection: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "unknown"
 
 
-async def serve_native(service: Service, connection: ServerConnection) -> None:
-    await NativeConnection(service, connection).run()
+async def serve_native(service: Service, connection: ServerConnection, *, slot=None) -> None:
+    await NativeConnection(service, connection).run(slot=slot)
