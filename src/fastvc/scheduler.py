@@ -224,15 +224,14 @@ class Scheduler:
 
     def add(self, session_id: str, block_index: int, key: Hashable, diffusion_steps: int, ready_s: float,
             payload: Any = None, prompt_frames: int = 0) -> QueuedBlock:
-        """Queue one block whose audio was complete at `ready_s`. Blocks of a session must come in order."""
+        """Queue one block whose audio was complete at `ready_s`. A session's blocks run in the order added
+        (two connections that reuse one session id are simply kept in one order)."""
         s = self.settings
         if s.prompt_buckets:
             key = (key, math.ceil(prompt_frames / max(s.prompt_bucket_frames, 1)))
         block = QueuedBlock(session_id, block_index, key, diffusion_steps, ready_s,
                             ready_s + s.block_s - s.safety_margin_ms / 1000.0, payload, next(self._tickets))
         queue = self._sessions.setdefault(session_id, deque())
-        if queue and queue[-1].block_index >= block_index:
-            raise ValueError(f"session {session_id}: block {block_index} after block {queue[-1].block_index}")
         queue.append(block)
         if len(queue) == 1:
             self._queue(key).push(block)
