@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     measure.add_argument("--lead-in-ms", type=float,
                          help="output the server drops at the start (default: from ready, algorithmic latency - block)")
     measure.add_argument("--holdback-ms", type=float, help="output the server may hold back (default: half a block)")
-    measure.add_argument("--jitter-buffer-ms", type=float, default=60.0, help="simulated player's buffer")
+    measure.add_argument("--jitter-buffer-ms", type=float, default=100.0,
+                         help="simulated player's buffer (fastvc: keep it above the 80 ms lead-in, see metrics)")
     measure.add_argument("--budget-ms", type=float, default=20.0, help="p99 added-latency budget (plot, --find-max)")
     measure.add_argument("--find-max", action="store_true",
                          help="after the sweep, search the most sessions with p99 added latency <= budget, no errors")

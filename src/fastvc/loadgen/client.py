@@ -48,7 +48,7 @@ class ClientOptions:
     block_ms: float | None = None
     lead_in_ms: float | None = None
     holdback_ms: float | None = None
-    jitter_buffer_ms: float = 60.0
+    jitter_buffer_ms: float = 100.0
     open_timeout_s: float = 10.0
     complete_timeout_s: float = 20.0
 

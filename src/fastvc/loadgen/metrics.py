@@ -57,7 +57,9 @@ underruns
     A simulated player starts `jitter_buffer_s` after the first converted audio arrives and plays in real
     time. When the audio it needs has not arrived, it has run dry: one underrun; it then waits for the next
     message and buffers `jitter_buffer_s` again before resuming (the stall time is summed). Running out
-    after the last message of the stream is the end, not an underrun.
+    after the last message of the stream is the end, not an underrun. fastvc's first message carries one
+    block minus the lead-in (100 ms by default) and the next comes one block (180 ms) later, so even an
+    ideal fastvc stream needs a buffer above the lead-in (80 ms): the load generator's default is 100 ms.
 """
 
 from __future__ import annotations
