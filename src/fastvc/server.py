@@ -104,7 +104,7 @@ class Server:
         except Exception as error:
             self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
             raise
-        runner = EngineRunner(engine, max_batch_size=self.config.scheduler.max_batch_size, logger=self.log)
+        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
