@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--spawn-server", action="store_true", help="start a fastvc server for the run")
     target.add_argument("--engine", default="passthrough", help="engine of the spawned server")
     target.add_argument("--config", help="server config file for the spawned server (defaults otherwise)")
-    target.add_argument("--ws-path", default="/", help="WebSocket path of the spawned server")
+    target.add_argument("--ws-path", default="/ws", help="WebSocket path of the spawned server")
     target.add_argument("--batching", choices=("on", "off"), default="on",
                         help="off: repeat the sweep with max_batch_size = 1 and print the ratio (needs --spawn-server)")
     target.add_argument("--api-key", default="")
@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     measure.add_argument("--lead-in-ms", type=float,
                          help="output the server drops at the start (default: from ready, algorithmic latency - block)")
     measure.add_argument("--holdback-ms", type=float, help="output the server may hold back (default: half a block)")
-    measure.add_argument("--jitter-buffer-ms", type=float, default=60.0, help="simulated player's buffer")
+    measure.add_argument("--jitter-buffer-ms", type=float, default=100.0,
+                         help="simulated player's buffer (fastvc: keep it above the 80 ms lead-in, see metrics)")
     measure.add_argument("--budget-ms", type=float, default=20.0, help="p99 added-latency budget (plot, --find-max)")
     measure.add_argument("--find-max", action="store_true",
                          help="after the sweep, search the most sessions with p99 added latency <= budget, no errors")

@@ -67,11 +67,12 @@ def test_one_block_per_session_per_batch_in_session_order():
     assert order == [[("a", 0), ("b", 0)], [("a", 1)], [("a", 2)]]
 
 
-def test_blocks_of_a_session_must_come_in_order():
-    scheduler = Scheduler()
-    scheduler.add("a", 3, KEY, 10, ready_s=0.0)
-    with pytest.raises(ValueError):
-        scheduler.add("a", 3, KEY, 10, ready_s=0.0)
+def test_a_reused_session_id_keeps_submission_order():
+    scheduler = Scheduler(SchedulerSettings(max_wait_ms=0.0))
+    scheduler.add("a", 7, KEY, 10, ready_s=0.0)
+    scheduler.add("a", 0, KEY, 10, ready_s=0.001)  # a second connection with the same id
+    first, second = scheduler.decide(0.01).batch, scheduler.decide(0.02).batch
+    assert [b.block_index for b in first.blocks + second.blocks] == [7, 0]
 
 
 def test_incompatible_blocks_never_share_a_batch_and_the_earliest_deadline_goes_first():
@@ -107,6 +108,17 @@ def test_a_session_that_left_has_its_pending_blocks_dropped():
     batch = scheduler.decide(0.2).batch
     assert [b.session_id for b in batch.blocks] == ["stays"] and scheduler.pending == 0
     assert scheduler.decide(0.3).batch is None
+
+
+def test_a_cancelled_block_is_forgotten_and_its_session_goes_on():
+    scheduler = Scheduler(SchedulerSettings(max_wait_ms=0.0))
+    first = scheduler.add("s", 0, KEY, 10, ready_s=0.0)
+    middle = scheduler.add("s", 1, KEY, 10, ready_s=0.01)
+    scheduler.add("s", 2, KEY, 10, ready_s=0.02)
+    scheduler.discard(middle)
+    scheduler.discard(first)
+    assert scheduler.pending == 1
+    assert [(b.session_id, b.block_index) for b in scheduler.decide(0.03).batch.blocks] == [("s", 2)]
 
 
 def test_the_forward_time_fit_learns_a_plus_b_size():

@@ -34,7 +34,21 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram("fastvc_batch_size", "Blocks per engine forward pass",
                                     buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.queue_wait = Histogram("fastvc_queue_wait_seconds", "Block ready to its batch dispatched",
+                                    buckets=LATENCY_BUCKETS_S, registry=r)
+        self.forward_time = Histogram("fastvc_forward_seconds", "Engine forward pass time, by batch size",
+                                      ["batch_size"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.deadline_misses = Counter("fastvc_deadline_misses", "Blocks computed later than one block after ready",
+                                       registry=r)
+        self.degraded_blocks = Counter("fastvc_degraded_blocks", "Blocks run with fewer diffusion steps (overload)",
+                                       registry=r)
+        self.concealed_blocks = Counter("fastvc_concealed_blocks", "Blocks not computed in time, sent as silence",
+                                        registry=r)
+        self.batches_failed = Counter("fastvc_batches_failed", "Engine forward passes that raised", registry=r)
+        self.steps_cut = Gauge("fastvc_diffusion_steps_cut", "Diffusion steps removed by adaptive steps now",
+                               registry=r)
         self.draining = Gauge("fastvc_draining", "1 while the server drains before shutdown", registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+

@@ -224,15 +224,14 @@ class Scheduler:
 
     def add(self, session_id: str, block_index: int, key: Hashable, diffusion_steps: int, ready_s: float,
             payload: Any = None, prompt_frames: int = 0) -> QueuedBlock:
-        """Queue one block whose audio was complete at `ready_s`. Blocks of a session must come in order."""
+        """Queue one block whose audio was complete at `ready_s`. A session's blocks run in the order added
+        (two connections that reuse one session id are simply kept in one order)."""
         s = self.settings
         if s.prompt_buckets:
             key = (key, math.ceil(prompt_frames / max(s.prompt_bucket_frames, 1)))
         block = QueuedBlock(session_id, block_index, key, diffusion_steps, ready_s,
                             ready_s + s.block_s - s.safety_margin_ms / 1000.0, payload, next(self._tickets))
         queue = self._sessions.setdefault(session_id, deque())
-        if queue and queue[-1].block_index >= block_index:
-            raise ValueError(f"session {session_id}: block {block_index} after block {queue[-1].block_index}")
         queue.append(block)
         if len(queue) == 1:
             self._queue(key).push(block)
@@ -248,6 +247,22 @@ class Scheduler:
             block.dequeued = True
         self.pending -= len(queue)
         return list(queue)
+
+    def discard(self, block: QueuedBlock) -> None:
+        """Forget one pending block (its session cancelled it); a block already taken is left alone."""
+        session = self._sessions.get(block.session_id)
+        if block.dequeued or session is None:
+            return
+        if session[0] is block:
+            self._take(self._queues[block.key], block)
+            return
+        session.remove(block)
+        block.dequeued = True
+        self.pending -= 1
+
+    def session_ids(self) -> list[str]:
+        """Sessions with pending blocks."""
+        return list(self._sessions)
 
     def _queue(self, key: Hashable) -> _KeyQueue:
         if key not in self._queues:
@@ -410,11 +425,12 @@ class Scheduler:
             self.concealed_total += len(blocks)
             self._last_trouble_s = now_s
 
-    def batch_done(self, batch: Batch, forward_s: float, ok: bool = True) -> None:
-        """Report a finished forward pass (its measured duration) to refine the forward-time fit."""
+    def batch_done(self, batch: Batch, forward_s: float, ok: bool = True, size: int | None = None) -> None:
+        """Report a finished forward pass of `size` blocks (default: the whole batch; fewer when some were
+        dropped) and its measured duration, to refine the forward-time fit. A failed pass (`ok=False`) is not fit."""
         self._worker_free_s = batch.dispatched_s + forward_s
         if ok:
-            self.forward.observe(batch.size, batch.diffusion_steps, forward_s)
+            self.forward.observe(batch.size if size is None else size, batch.diffusion_steps, forward_s)
 
     # ---- admission ----------------------------------------------------------------------------------------
 

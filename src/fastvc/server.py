@@ -5,7 +5,9 @@
     GET /health   200 while the process is up
     GET /ready    200 when the engine is loaded and the server is not draining, else 503
     GET /metrics  Prometheus text format
-    WS  / and /ws the native protocol (fastvc.dialects.native); other dialects register in fastvc.dialects
+    GET /demo     the browser demo; GET /voices the target voices (fastvc.web)
+    WS  / and /ws the native protocol, or fast-vc-service's simple one; /twilio Twilio Media Streams; /l16 raw
+                  16-bit PCM (fastvc.dialects: one module per dialect)
 
 Lifecycle: start() binds the port, loads the engine off the event loop (/ready answers 503 meanwhile), starts
 the runner. SIGINT/SIGTERM -> drain(): /ready turns 503 and new sessions are refused, sessions in flight get
@@ -39,6 +41,7 @@ from fastvc.recording import Recorder
 from fastvc.runner import EngineRunner
 from fastvc.service import Service
 from fastvc.statefile import ServerState, remove_state, write_state
+from fastvc.web import web_response
 
 WIRE_SIZE_HEADROOM = 2
 """The transport accepts messages up to this many times `max_message_bytes`, so the protocol can answer an
@@ -101,7 +104,7 @@ class Server:
         except Exception as error:
             self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
             raise
-        runner = EngineRunner(engine, max_batch_size=self.config.scheduler.max_batch_size, logger=self.log)
+        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
@@ -168,6 +171,9 @@ class Server:
             body, content_type = self.metrics.render()
             response = connection.respond(http.HTTPStatus.OK, "")
             return _with_body(response, body, content_type)
+        page = web_response(path, self.service)  # /demo and /voices (fastvc.web)
+        if page is not None:
+            return page
         if path not in DIALECTS:
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"no endpoint at {path}\n")
         if not self.service.ready:

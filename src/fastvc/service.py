@@ -61,6 +61,8 @@ class Service:
             raise Overloaded("the engine is still loading; try again shortly")
         if self.active_sessions >= self.config.server.max_sessions:
             raise Overloaded(f"the server is at its limit of {self.config.server.max_sessions} sessions")
+        if self.runner.is_overloaded():
+            raise Overloaded("the engine is behind (adaptive steps or concealment active); try again shortly")
         self.active_sessions += 1
         self.idle.clear()
         self.metrics.sessions_active.set(self.active_sessions)

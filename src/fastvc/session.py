@@ -97,6 +97,7 @@ class SessionStats:
     output_samples: int = 0
     blocks: int = 0
     blocks_failed: int = 0
+    blocks_concealed: int = 0  # not computed in time (overload): sent as silence
     concealed_packets: int = 0
     started_at: float = 0.0
     first_input_at: float | None = None
@@ -116,6 +117,7 @@ class SessionStats:
             "output_seconds": round(self.output_samples / self.output_rate_hz, 4),
             "blocks": self.blocks,
             "blocks_failed": self.blocks_failed,
+            "blocks_concealed": self.blocks_concealed,
             "concealed_packets": self.concealed_packets,
             "first_packet_latency_ms": first_packet_ms,
             "block_latency_ms": {name: None if value is None else round(float(value), 2)
@@ -263,7 +265,9 @@ class Session:
         g = self.geometry
         failed = False
         try:
-            audio = (await item.future).audio
+            result = await item.future
+            audio = result.audio
+            self.stats.blocks_concealed += result.concealed
         except EngineError as error:
             failed = True
             audio = np.zeros(g.return_samples, np.float32)

@@ -64,12 +64,17 @@ class BlockRequest:
 
 @dataclass
 class BlockResult:
-    """audio: (geometry.return_samples,) float32 at the model rate; extras: debug intermediates."""
+    """audio: (geometry.return_samples,) float32 at the model rate; extras: debug intermediates.
+
+    concealed: the block was not computed (it could not be back in time, or its batch failed): `audio` is
+    silence of the right length, which SOLA cross-fades into, so the stream goes on without a click.
+    """
 
     session_id: str
     block_index: int
     audio: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
+    concealed: bool = False
 
 
 class Engine(ABC):
@@ -91,6 +96,10 @@ class Engine(ABC):
     def voices(self) -> list[str]:
         """Target voice ids this engine can convert to."""
         return ["default"]
+
+    def prompt_frames(self, voice_id: str) -> int:
+        """Length of the voice's prompt (mel frames), for the scheduler's prompt-length buckets; 0 if none."""
+        return 0
 
     def warmup(self) -> None:
         """Optional: run once before serving (allocations, kernel selection)."""

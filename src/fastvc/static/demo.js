@@ -166,7 +166,8 @@ function onConvertedAudio(buffer) {
   demo.receivedSamples += pcm.length;
   // Output and input run at the same rate: the newest output sample sits at the same stream position.
   while (sendLog.length > 1 && sendLog[0].endSample < demo.receivedSamples) sendLog.shift();
-  if (sendLog.length && sendLog[0].endSample >= demo.receivedSamples) {
+  // Only while streaming: after "end" the server computes the tail at once, which says nothing of the latency.
+  if (demo.phase === "streaming" && sendLog.length && sendLog[0].endSample >= demo.receivedSamples) {
     demo.latencyMs = performance.now() - sendLog[0].timeMs;
     demo.latenciesMs.push(demo.latencyMs);
     $("latency").textContent = `${Math.round(demo.latencyMs)} ms`;
