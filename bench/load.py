@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--spawn-server", action="store_true", help="start a fastvc server for the run")
     target.add_argument("--engine", default="passthrough", help="engine of the spawned server")
     target.add_argument("--config", help="server config file for the spawned server (defaults otherwise)")
-    target.add_argument("--ws-path", default="/", help="WebSocket path of the spawned server")
+    target.add_argument("--ws-path", default="/ws", help="WebSocket path of the spawned server")
     target.add_argument("--batching", choices=("on", "off"), default="on",
                         help="off: repeat the sweep with max_batch_size = 1 and print the ratio (needs --spawn-server)")
     target.add_argument("--api-key", default="")
