@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--spawn-server", action="store_true", help="start a fastvc server for the run")
     target.add_argument("--engine", default="passthrough", help="engine of the spawned server")
     target.add_argument("--config", help="server config file for the spawned server (defaults otherwise)")
-    target.add_argument("--ws-path", default="/", help="WebSocket path of the spawned server")
+    target.add_argument("--ws-path", default="/ws", help="WebSocket path of the spawned server")
     target.add_argument("--batching", choices=("on", "off"), default="on",
                         help="off: repeat the sweep with max_batch_size = 1 and print the ratio (needs --spawn-server)")
     target.add_argument("--api-key", default="")
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--output-encoding", choices=("PCM", "OPUS"), type=str.upper)
     load.add_argument("--pace", choices=PACES, default="realtime")
     load.add_argument("--ramp", type=float, default=1.0, help="seconds over which session starts are spread")
-    load.add_argument("--settle", type=float, default=1.0, help="pause between sweep points (s)")
+    load.add_argument("--settle", type=float, default=2.5,
+                      help="pause between sweep points (s); above the server's overload hold (2 s)")
     load.add_argument("--voice")
     load.add_argument("--sessions-per-process", type=int, default=200)
     load.add_argument("--processes", type=int, help="load processes (default: one per --sessions-per-process)")

@@ -214,3 +214,14 @@ def test_capture_time_is_the_frame_send_time_minus_the_rest_of_the_frame():
     assert capture_time_s(timeline, 0) == pytest.approx(-0.02)
     assert capture_time_s(timeline, 330) == pytest.approx(0.02 - 310 / RATE_IN)
     assert capture_time_s(timeline, -160) == pytest.approx(-0.03)  # extrapolated before the stream
+
+
+def test_codec_look_ahead_before_the_content_is_not_taken_for_content():
+    # Opus both ways: the received stream starts with 13 ms of look-ahead, so each message ends 13 ms of
+    # content later in the stream than the server's block; the content of window b is exactly message b.
+    latencies = [0.004, 0.006, 0.008, 0.010]
+    timeline = paced_timeline(4, latencies, holdback_out=round((0.08 - 0.013) * RATE_OUT))
+    shifted, lost = added_latencies_s(timeline, BLOCK_S, lead_in_s=0.08, content_shift_s=0.013)
+    assert shifted[1:] == pytest.approx(latencies[1:]) and lost == 0
+    naive, _ = added_latencies_s(timeline, BLOCK_S, lead_in_s=0.08)  # look-ahead taken for content
+    assert naive[1:] == pytest.approx([x - 0.013 for x in latencies[1:]])

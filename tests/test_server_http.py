@@ -29,7 +29,7 @@ async def test_health_ready_and_metrics_answer(audio_dir):
     for line in ("fastvc_sessions_total 1.0", "fastvc_sessions_active 0.0", "fastvc_blocks_total 6.0",
                  "fastvc_block_latency_seconds_count 6.0", "fastvc_sessions_completed_total 1.0"):
         assert line in text
-    assert "fastvc_batch_size_bucket" in text
+    assert "fastvc_batch_size_count 6.0" in text  # one session: one block per forward pass
 
 
 async def test_ready_is_503_while_the_engine_loads():

@@ -159,7 +159,8 @@ class SerializedConnection:
         geometry = self.service.engine.geometry
         details = dict(sample_rate_out=config.sample_rate_out_hz, output_encoding=config.output_encoding,
                        voice=params.voice_id, seed=params.seed, diffusion_steps=params.diffusion_steps,
-                       block_ms=round(geometry.block / geometry.model_rate_hz * 1000, 3))
+                       block_ms=round(geometry.block / geometry.model_rate_hz * 1000, 3),
+                       algorithmic_latency_ms=round(geometry.algorithmic_latency_s * 1000, 3))
         for message in self.serializer.ready(config, details):
             await self.connection.send(message)
 

@@ -82,8 +82,7 @@ class NativeConnection:
             self.outcome = error.error_code
             await self._refuse(error)
         except ConnectionClosed:
-            self.outcome = "client_gone"
-            self.log.info("session.client_gone", blocks=self._blocks())
+            self.outcome = "client_gone"  # not an error: logged once, as the session's end
         except Exception as error:  # noqa: BLE001 - a bug: report INTERNAL_ERROR to the client, log the trace
             self.outcome = "INTERNAL_ERROR"
             self.log.exception("session.internal_error", error=repr(error))
@@ -91,6 +90,8 @@ class NativeConnection:
         finally:
             if self.session is not None:
                 await self.session.abort()
+                if self.outcome != "complete":  # every session.start has one session.end, whatever happened
+                    self.log.info("session.end", outcome=self.outcome, **self.session.stats.to_dict())
                 self.service.close_session(self.session, self._summary())
 
     async def _serve(self) -> None:

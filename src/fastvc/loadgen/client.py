@@ -25,6 +25,8 @@ from fastvc.loadgen.metrics import SessionMetrics, Timeline, session_metrics
 
 PACES = ("realtime", "fast")
 DEFAULT_BLOCK_MS = 180.0
+OPUS_LOOKAHEAD_MS = 6.5
+"""libopus's encoder look-ahead (pre-skip 312 samples at 48 kHz): decoded Opus starts this much late."""
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,14 @@ async def run_session(options: ClientOptions, frames: FrameSequence, session_id:
         await _converse(options, frames, session_id, timeline, outcome, output_encoding, progress)
     except (OSError, InvalidHandshake, InvalidURI) as error:
         outcome.fail(f"connect: {type(error).__name__}: {error}")
+    except ConnectionClosed as closed:  # closed during the handshake (e.g. 1013 OVERLOADED before "ready")
+        outcome.close_code = closed.rcvd.code if closed.rcvd else None
+        outcome.fail(f"handshake: closed with code {outcome.close_code} {closed.rcvd.reason if closed.rcvd else ''}")
     except asyncio.TimeoutError:  # TimeoutError from 3.11 on
         outcome.fail("timeout: no ready" if not outcome.ready else "timeout: no complete")
     progress.add(ProgressCounters.FAILED if outcome.error else ProgressCounters.DONE)
-    return _metrics(options, session_id, timeline, outcome)
+    shift_ms = OPUS_LOOKAHEAD_MS * ((frames.encoding == "OPUS") + (output_encoding == "OPUS"))
+    return _metrics(options, session_id, timeline, outcome, content_shift_ms=shift_ms)
 
 
 async def _converse(options: ClientOptions, frames: FrameSequence, session_id: str, timeline: Timeline,
@@ -159,7 +165,8 @@ async def _converse(options: ClientOptions, frames: FrameSequence, session_id: s
                        close_timeout=2.0) as ws:
         await ws.send(json.dumps(config_message(options, frames, session_id)))
         ready = await asyncio.wait_for(_await_ready(ws, outcome), options.open_timeout_s)
-        if ready is None:
+        if ready is None:  # refused: the server closes next, with the code that says why
+            await asyncio.wait_for(ws.wait_closed(), options.open_timeout_s)
             outcome.close_code = ws.close_code
             return
         outcome.ready, outcome.ready_ms = ready, 1000.0 * (time.monotonic() - opened_at)
@@ -237,12 +244,13 @@ async def _send_audio(ws: ClientConnection, frames: FrameSequence, pace: str, ti
         timeline.record_send(sent_at, frames.frame_samples, max(0.0, sent_at - due_s) if pace == "realtime" else 0.0)
 
 
-def _metrics(options: ClientOptions, session_id: str, timeline: Timeline, outcome: SessionOutcome) -> SessionMetrics:
+def _metrics(options: ClientOptions, session_id: str, timeline: Timeline, outcome: SessionOutcome, *,
+             content_shift_ms: float) -> SessionMetrics:
     timing = ServerTiming.from_ready(outcome.ready, options)
     holdback_s = None if options.holdback_ms is None else options.holdback_ms / 1000.0
     metrics = session_metrics(session_id, timeline, timing.block_ms / 1000.0,
                               jitter_buffer_s=options.jitter_buffer_ms / 1000.0, holdback_s=holdback_s,
-                              lead_in_s=timing.lead_in_ms / 1000.0)
+                              lead_in_s=timing.lead_in_ms / 1000.0, content_shift_s=content_shift_ms / 1000.0)
     metrics.error, metrics.close_code, metrics.ready_ms = outcome.error, outcome.close_code, outcome.ready_ms
     metrics.algorithmic_latency_ms = timing.algorithmic_latency_ms
     metrics.server_stats = outcome.stats

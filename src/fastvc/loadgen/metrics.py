@@ -42,7 +42,10 @@ added latency (the headline: how much longer than an ideal server's a listener m
     sample b·block − lead_in), so client pacing slips do not count against the server. An ideal server
     scores 0 (window 0, shorter by the lead-in, scores −lead_in). Unlike block latency, this counts output
     the server holds back past a block boundary (a streaming resampler's buffer) at its true, later arrival.
-    Windows not fully received are lost.
+    Windows not fully received are lost. Opus shifts content: a decoded Opus stream starts with its
+    encoder's look-ahead (6.5 ms), so with Opus input the server's output carries the client encoder's
+    look-ahead and with Opus output its own (`content_shift_s`, the sum); they are real delay a listener
+    hears, so added latency includes them.
 
 jitter
     mean absolute difference of consecutive block latencies (RFC 3550's D, unsmoothed).
@@ -164,11 +167,17 @@ def capture_time_s(timeline: Timeline, position: float) -> float:
     return timeline.send_times_s[frame] - (timeline.input_totals[frame] - position) / timeline.input_rate_hz
 
 
-def added_latencies_s(timeline: Timeline, block_s: float, lead_in_s: float = 0.0) -> tuple[list[float], int]:
-    """Added latency of each output block window (module docstring) and the number of windows lost."""
+def added_latencies_s(timeline: Timeline, block_s: float, lead_in_s: float = 0.0,
+                      content_shift_s: float = 0.0) -> tuple[list[float], int]:
+    """Added latency of each output block window (module docstring) and the number of windows lost.
+
+    content_shift_s: codec look-ahead before the content in the received stream (output sample k + shift
+    converts input sample k).
+    """
     block_in = round(block_s * timeline.input_rate_hz)
     block_out = round(block_s * timeline.output_rate_hz)
     lead_in_out = round(lead_in_s * timeline.output_rate_hz)
+    shift_out = round(content_shift_s * timeline.output_rate_hz)
     n_blocks = (timeline.input_totals[-1] if timeline.input_totals else 0) // block_in
     completed = crossing_times(timeline.send_times_s, timeline.input_totals,
                                [(b + 1) * block_in for b in range(n_blocks)])
@@ -177,7 +186,8 @@ def added_latencies_s(timeline: Timeline, block_s: float, lead_in_s: float = 0.0
     added: list[float] = []
     message = 0
     for b in range(n_blocks):
-        start, end = max(0, b * block_out - lead_in_out), (b + 1) * block_out - lead_in_out
+        start = shift_out + max(0, b * block_out - lead_in_out)  # in received-stream samples
+        end = shift_out + (b + 1) * block_out - lead_in_out
         if received < end:
             break
         while timeline.output_totals[message] <= start:
@@ -185,7 +195,8 @@ def added_latencies_s(timeline: Timeline, block_s: float, lead_in_s: float = 0.0
         worst_s, piece = float("-inf"), message
         while True:  # each message overlapping the window; its oldest sample there is the worst
             piece_start = max(start, timeline.output_totals[piece - 1] if piece else 0)
-            worst_s = max(worst_s, timeline.recv_times_s[piece] - capture_time_s(timeline, piece_start * out_to_in))
+            captured_s = capture_time_s(timeline, (piece_start - shift_out) * out_to_in)
+            worst_s = max(worst_s, timeline.recv_times_s[piece] - captured_s)
             if timeline.output_totals[piece] >= end:
                 break
             piece += 1
@@ -290,10 +301,11 @@ class SessionMetrics:
 
 
 def session_metrics(session_id: str, timeline: Timeline, block_s: float, *, jitter_buffer_s: float,
-                    holdback_s: float | None = None, lead_in_s: float = 0.0) -> SessionMetrics:
+                    holdback_s: float | None = None, lead_in_s: float = 0.0,
+                    content_shift_s: float = 0.0) -> SessionMetrics:
     """Everything `SessionMetrics` holds that the timeline determines (errors and server info are added by the client)."""
     latencies, lost = block_latencies_s(timeline, block_s, holdback_s, lead_in_s)
-    added, _ = added_latencies_s(timeline, block_s, lead_in_s)
+    added, _ = added_latencies_s(timeline, block_s, lead_in_s, content_shift_s)
     metrics = SessionMetrics(session_id, block_latencies_ms=[1000.0 * x for x in latencies],
                              added_latencies_ms=[1000.0 * x for x in added], lost_blocks=lost,
                              input_s=timeline.input_s, output_s=timeline.output_s, block_ms=1000.0 * block_s)

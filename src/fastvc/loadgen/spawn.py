@@ -73,7 +73,7 @@ class SpawnedServer:
 
     def __init__(self, engine: str, *, config_path: str | Path | None = None,
                  overrides: dict[str, dict[str, Any]] | None = None, host: str = "127.0.0.1",
-                 ws_path: str = "/", ready_timeout_s: float = 120.0, extra_args: list[str] | None = None) -> None:
+                 ws_path: str = "/ws", ready_timeout_s: float = 120.0, extra_args: list[str] | None = None) -> None:
         self.engine, self.host, self.ws_path = engine, host, ws_path
         self.config = merged_config(config_path, overrides or {})
         self.ready_timeout_s = ready_timeout_s
