@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--output-encoding", choices=("PCM", "OPUS"), type=str.upper)
     load.add_argument("--pace", choices=PACES, default="realtime")
     load.add_argument("--ramp", type=float, default=1.0, help="seconds over which session starts are spread")
-    load.add_argument("--settle", type=float, default=1.0, help="pause between sweep points (s)")
+    load.add_argument("--settle", type=float, default=2.5,
+                      help="pause between sweep points (s); above the server's overload hold (2 s)")
     load.add_argument("--voice")
     load.add_argument("--sessions-per-process", type=int, default=200)
     load.add_argument("--processes", type=int, help="load processes (default: one per --sessions-per-process)")

@@ -10,7 +10,7 @@ import pytest
 
 from fastvc.loadgen import run_load_async
 from fastvc.loadgen.audio import read_wav
-from serverkit import running_server, ws_url
+from serverkit import make_config, running_server, ws_url
 
 BENCH_LOAD = Path(__file__).resolve().parents[1] / "bench" / "load.py"
 
@@ -52,6 +52,15 @@ async def test_a_refused_session_is_reported_not_raised(audio_dir):
     session = run.sessions[0]
     assert not session.ok and session.error.startswith("server: INVALID_CONFIG")
     assert session.close_code == 1008
+
+
+async def test_a_server_at_its_session_limit_refuses_with_1013_and_the_run_goes_on(audio_dir):
+    async with running_server(make_config(max_sessions=0)) as server:
+        run = await run_load_async(ws_url(server), 2, audio_dir / "en-hello_world-16k.wav", duration_s=0.5,
+                                   pace="fast")
+    for session in run.sessions:
+        assert not session.ok and session.close_code == 1013
+        assert "OVERLOADED" in session.error or "1013" in session.error
 
 
 def test_the_command_line_spawns_a_server_and_writes_the_report(audio_dir, tmp_path, capsys):

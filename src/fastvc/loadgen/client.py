@@ -148,6 +148,9 @@ async def run_session(options: ClientOptions, frames: FrameSequence, session_id:
         await _converse(options, frames, session_id, timeline, outcome, output_encoding, progress)
     except (OSError, InvalidHandshake, InvalidURI) as error:
         outcome.fail(f"connect: {type(error).__name__}: {error}")
+    except ConnectionClosed as closed:  # closed during the handshake (e.g. 1013 OVERLOADED before "ready")
+        outcome.close_code = closed.rcvd.code if closed.rcvd else None
+        outcome.fail(f"handshake: closed with code {outcome.close_code} {closed.rcvd.reason if closed.rcvd else ''}")
     except asyncio.TimeoutError:  # TimeoutError from 3.11 on
         outcome.fail("timeout: no ready" if not outcome.ready else "timeout: no complete")
     progress.add(ProgressCounters.FAILED if outcome.error else ProgressCounters.DONE)
@@ -162,7 +165,8 @@ async def _converse(options: ClientOptions, frames: FrameSequence, session_id: s
                        close_timeout=2.0) as ws:
         await ws.send(json.dumps(config_message(options, frames, session_id)))
         ready = await asyncio.wait_for(_await_ready(ws, outcome), options.open_timeout_s)
-        if ready is None:
+        if ready is None:  # refused: the server closes next, with the code that says why
+            await asyncio.wait_for(ws.wait_closed(), options.open_timeout_s)
             outcome.close_code = ws.close_code
             return
         outcome.ready, outcome.ready_ms = ready, 1000.0 * (time.monotonic() - opened_at)
