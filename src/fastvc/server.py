@@ -104,7 +104,10 @@ class Server:
         except Exception as error:
             self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
             raise
-        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
+        stream_config = self.config.stream
+        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log,
+                              silence_threshold_db=stream_config.silence_threshold_db if stream_config.silence_gate
+                              else None)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,

@@ -83,6 +83,7 @@ class Engine(ABC):
     name: str = ""
     model_rate_hz: int = 22050
     hop_length: int = 256
+    needs_content_window: bool = True  # False: never reads BlockRequest.window_16k (sessions skip step B3)
 
     def __init__(self, settings: StreamSettings) -> None:
         """Subclasses that read the model rate or hop from a model config set them before calling this."""
