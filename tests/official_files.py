@@ -117,3 +117,29 @@ def local_model_config(files: dict[str, Path]) -> ModelConfig:
     return ModelConfig(dit_checkpoint_path=str(files["dit_checkpoint"]), dit_config_path=str(files["dit_config"]),
                        wav2vec2_path=str(files["wav2vec2:config.json"].parent), campplus_path=str(files["campplus"]),
                        hift_path=str(files["hift"]))
+
+
+def parts_from_model(model, configs: dict[str, Any], extra_layers: int = 1) -> OfficialParts:
+    """The official-format parts of a `SeedVCModel` built from `configs` (e.g. a preset with random weights)."""
+    w2v_config = {k: v for k, v in configs["wav2vec2"].items() if k not in ("output_layer", "feature_extractor")}
+    model_params = dict(configs["dit"])
+    model_params["length_regulator"] = dict(configs["length_regulator"]["length_regulator"], n_codebooks=2)
+    model_params["speech_tokenizer"] = {"type": "xlsr", "output_layer": configs["wav2vec2"]["output_layer"],
+                                        "name": "facebook/wav2vec2-xls-r-300m"}
+    mel = dict(configs["mel"])
+    return OfficialParts(
+        cfm=model.dit.state_dict(), length_regulator=model.length_regulator.state_dict(),
+        wav2vec2=model.wav2vec2.state_dict(), wav2vec2_config=w2v_config, campplus=model.campplus.state_dict(),
+        hift=model.hift.state_dict(), model_params=model_params, mel=mel, extra_layers=extra_layers)
+
+
+def write_tiny_official(root: Path, seed: int = 11):
+    """Tiny checkpoints in the official formats from a seeded random `tiny` model: (that model, files, hift config).
+
+    The vocoder's config is in no downloaded file (upstream ships it in its code), so a test using these files
+    must swap `weights.HIFT_CONFIG` for the returned one; everything else is read from the files."""
+    from fastvc.model import presets
+
+    configs = presets.preset_configs("tiny")
+    source = presets.random_model("tiny", seed=seed)
+    return source, write_official_files(root, parts_from_model(source, configs)), configs["hift"]

@@ -178,3 +178,18 @@ def test_cost_model_sleeps_a_plus_b_size_scaled_by_steps():
 def test_forward_time_labels_group_batch_sizes_by_powers_of_two():
     assert [size_label(n) for n in (1, 2, 3, 4, 5, 8, 9, 300)] == ["1", "2", "3-4", "3-4", "5-8", "5-8", "9-16",
                                                                     "257-512"]
+
+
+async def test_the_silence_gate_answers_silent_blocks_without_the_model():
+    engine = RecordingEngine()
+    runner = EngineRunner(engine, config=SchedulerConfig(calibration_sizes=[], max_wait_ms=0.0), metrics=Metrics(),
+                          silence_threshold_db=-60.0)
+    await runner.start()
+    try:
+        silent = runner.submit(request(engine, "s", 0, value=0.0))
+        assert silent.done() and not silent.result().audio.any()
+        loud = await runner.submit(request(engine, "s", 1, value=0.1))
+    finally:
+        await runner.stop()
+    assert engine.batches == [[("s", 1, 10)]] and loud.audio.any()
+    assert runner.metrics.blocks_gated._value.get() == 1

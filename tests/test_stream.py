@@ -8,7 +8,7 @@ import torch
 
 from fastvc.engine.base import BlockRequest
 from fastvc.engine.passthrough import PassthroughEngine
-from fastvc.stream import BlockStream, StreamGeometry, StreamSettings, sola_scores
+from fastvc.stream import BlockStream, StreamGeometry, StreamSettings, loudest_frame_db, sola_scores
 
 
 def test_geometry_matches_the_worked_example():
@@ -89,3 +89,69 @@ def test_passthrough_emits_the_input_delayed_by_the_lead_in():
     delay = g.lead_in_samples
     n = out.shape[0] - delay
     np.testing.assert_allclose(out[delay:], signal[:n], atol=1e-6)
+
+
+def test_reused_b3_resampler_matches_a_one_shot_resample_every_block():
+    import soxr
+
+    g = PassthroughEngine(StreamSettings()).geometry
+    stream = BlockStream(g)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        stream.push_block(rng.standard_normal(g.block).astype(np.float32) * 0.1)
+        segment = stream.window[-(g.block + 2 * g.zc) :]
+        expected = soxr.resample(segment, g.model_rate_hz, 16000, "HQ")[320:]
+        np.testing.assert_array_equal(stream.window_16k[-g.chunk_16k :], expected)
+
+
+def test_a_stream_without_content_window_gives_the_same_model_rate_input():
+    g = PassthroughEngine(StreamSettings()).geometry
+    full, lean = BlockStream(g), BlockStream(g, content_window=False)
+    block = np.linspace(-0.5, 0.5, g.block, dtype=np.float32)
+    a, b = full.push_block(block), lean.push_block(block)
+    np.testing.assert_array_equal(a.recent, b.recent)
+    assert b.window_16k.shape == (0,) and a.window_16k.shape == (g.window_16k,)
+
+
+def _gated_stream(signal, model, threshold_db):
+    """Stream `signal` through `model(recent) -> slice`, skipping it for blocks the silence gate calls silent."""
+    g = PassthroughEngine(StreamSettings()).geometry
+    stream = BlockStream(g, content_window=False)
+    out, gated = [], 0
+    for b in range(signal.shape[0] // g.block):
+        block_input = stream.push_block(signal[b * g.block : (b + 1) * g.block])
+        if threshold_db is not None and loudest_frame_db(block_input.recent, g.zc) < threshold_db:
+            model_slice, gated = np.zeros(g.return_samples, np.float32), gated + 1
+        else:
+            model_slice = model(block_input.recent[: g.return_samples])
+        out.append(stream.stitch(model_slice).out)
+    return np.concatenate(out), gated
+
+
+def _silence_then_tone(rate=22050):
+    t = np.arange(rate * 4) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 200.0 * t)).astype(np.float32)
+    gate = ((t >= 1.0) & (t < 2.0)) | (t >= 2.9)  # onsets at zero crossings, not on block boundaries
+    return np.where(gate, tone, np.float32(0.0)).astype(np.float32)
+
+
+def test_the_silence_gate_never_cuts_speech_the_model_would_have_converted():
+    signal = _silence_then_tone()
+    passthrough = lambda recent: recent.copy()  # noqa: E731
+    ungated, _ = _gated_stream(signal, passthrough, None)
+    gated_out, gated = _gated_stream(signal, passthrough, -60.0)
+    assert gated >= 5
+    np.testing.assert_array_equal(gated_out, ungated)
+
+
+def test_the_silence_gate_joins_a_model_that_hums_without_a_click():
+    """A model whose output is never silent (a 300 Hz hum): the gated blocks are silence, and SOLA's fade
+    joins silence and hum with no jump larger than the hum's own sample-to-sample steps."""
+    signal = _silence_then_tone()
+    n = PassthroughEngine(StreamSettings()).geometry.return_samples
+    hum = (0.3 * np.sin(2 * np.pi * 300.0 * np.arange(n) / 22050 + 1.0)).astype(np.float32)
+    out, gated = _gated_stream(signal, lambda recent: hum + recent, -60.0)
+    assert gated >= 5
+    hum_step = np.abs(np.diff(hum)).max() + np.abs(np.diff(signal)).max()
+    assert np.abs(np.diff(out)).max() <= 1.5 * hum_step
+    assert np.abs(out[: n // 2]).max() == 0.0  # the silent start stays silent: the model was skipped

@@ -139,3 +139,34 @@ def test_documented_unused_keys_are_dropped_and_reported():
     state["estimator.not_documented"] = torch.ones(1)
     with pytest.raises(WeightsError, match="estimator.not_documented"):
         weights.load_strict(Toy(), state, component="dit")
+
+
+def test_fastvc_download_fetches_then_verifies_strict_loading(tmp_path, monkeypatch, capsys):
+    from fastvc.cli import main
+    from official_files import write_tiny_official
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub is "reached" through a pre-populated cache
+    _, files, hift_config = write_tiny_official(tmp_path / "official")
+    monkeypatch.setattr(weights, "HIFT_CONFIG", hift_config)
+    populate_hub_cache(tmp_path / "hub", files, ModelConfig())
+    assert main(["download", "--cache-dir", str(tmp_path / "hub")]) == 0
+    out = capsys.readouterr().out
+    assert "dit_checkpoint: " + str(tmp_path / "hub") in out and "verified: every checkpoint loads strictly" in out
+    assert main(["download", "--cache-dir", str(tmp_path / "empty")]) == 1
+    assert "could not fetch 7 file(s)" in capsys.readouterr().err
+
+
+def test_server_without_weights_exits_with_the_download_hint(tmp_path):
+    """Offline with no weights: `python -m fastvc.server` (default engine seedvc) says what to do, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO_ROOT / "src"))
+    done = subprocess.run([sys.executable, "-m", "fastvc.server", "--port", "0", "--state-dir", str(tmp_path / "s")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "fastvc download" in done.stderr and "DiT_uvit_tat_xlsr_ema.pth" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -5,6 +5,7 @@
     fastvc stop [--port P] [--force]   SIGTERM (graceful drain) and wait; --force: SIGKILL
     fastvc clean [-y]                  delete the log and recording directories of the config
     fastvc version
+    fastvc download [--cache-dir D] [--no-verify]   fetch the Seed-VC weights and check they load
 
 Every command takes `--config` (default: ./server.toml if present) and `--state-dir`. More commands plug in
 through `PLUGIN_COMMANDS` ("name" -> "module:function"; the function gets the sub-parser and returns the
@@ -31,7 +32,7 @@ from fastvc.statefile import list_states, process_alive, state_path, wait_for_ex
 DEFAULT_CONFIG = "server.toml"
 NOT_RUNNING = 3
 PLUGIN_COMMANDS: dict[str, str] = {
-    # "download": "fastvc.model.download:add_command",
+    "download": "fastvc.download:add_command",
 }
 
 

@@ -90,6 +90,8 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     preset: str = "tiny"
+    threads: int = 0
+    seed: int = 0
     cost_a_ms: float = 20.0
     cost_b_ms: float = 0.5
 

@@ -44,6 +44,8 @@ class Metrics:
                                        registry=r)
         self.concealed_blocks = Counter("fastvc_concealed_blocks", "Blocks not computed in time, sent as silence",
                                         registry=r)
+        self.blocks_gated = Counter("fastvc_blocks_gated", "Silent blocks that skipped the model (silence gate)",
+                                    registry=r)
         self.batches_failed = Counter("fastvc_batches_failed", "Engine forward passes that raised", registry=r)
         self.steps_cut = Gauge("fastvc_diffusion_steps_cut", "Diffusion steps removed by adaptive steps now",
                                registry=r)

@@ -10,6 +10,9 @@ and the single worker completes batches in order). Blocks whose session left (fu
 before the forward pass; late results for them are dropped too. An exception in a batch fails only that
 batch's blocks (with `EngineError`; the session conceals them and counts an error), logged with the batch's
 context; the loop keeps serving. `is_overloaded()` is the admission signal for new sessions.
+
+Silence gate (`[stream] silence_gate`): a block whose input, over everything its output slice is made from,
+stays below `silence_threshold_db` skips the model and gets silence at once (see `loudest_frame_db`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import structlog
 from fastvc.config import SchedulerConfig
 from fastvc.engine.base import BlockRequest, BlockResult, Engine, EngineError
 from fastvc.scheduler import Batch, QueuedBlock, Scheduler, SchedulerSettings
+from fastvc.stream import loudest_frame_db
 
 LOG_SESSIONS_PER_BATCH = 16
 
@@ -51,12 +55,16 @@ class EngineRunner:
     """Owns the engine, its worker thread and the scheduler. One per server process.
 
     metrics: optional object with the series of `fastvc.metrics.Metrics` (batch_size, queue_wait,
-        forward_time, deadline_misses, degraded_blocks, concealed_blocks, steps_cut); missing series are skipped.
+        forward_time, deadline_misses, degraded_blocks, concealed_blocks, steps_cut, blocks_gated); missing
+        series are skipped.
+    silence_threshold_db: the silence gate's threshold (dBFS), or None for no gate.
     """
 
     def __init__(self, engine: Engine, *, config: SchedulerConfig | None = None, max_batch_size: int | None = None,
-                 metrics: Any = None, logger=None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Any = None, logger=None, clock: Callable[[], float] = time.monotonic,
+                 silence_threshold_db: float | None = None) -> None:
         self.engine = engine
+        self.silence_threshold_db = silence_threshold_db
         geometry = engine.geometry
         self.block_s = geometry.block / geometry.model_rate_hz
         overrides = {} if max_batch_size is None else {"max_batch_size": max_batch_size}
@@ -99,6 +107,10 @@ class EngineRunner:
         with `EngineError` when its batch failed. Cancel it to drop the block (its session left).
         """
         future: asyncio.Future[BlockResult] = asyncio.get_running_loop().create_future()
+        if self._is_silent(request):
+            future.set_result(BlockResult(request.session_id, request.block_index, self._silence))
+            self._inc("blocks_gated", 1)
+            return future
         block = self.scheduler.add(request.session_id, request.block_index, request.batch_key(),
                                    request.diffusion_steps, self.clock() if ready_s is None else ready_s,
                                    PendingBlock(request, future), prompt_frames=self._prompt_frames(request))
@@ -115,6 +127,11 @@ class EngineRunner:
     def is_overloaded(self) -> bool:
         """Admission control: True while new sessions should be refused (OVERLOADED, close code 1013)."""
         return self.scheduler.is_overloaded(self.clock())
+
+    def _is_silent(self, request: BlockRequest) -> bool:
+        if self.silence_threshold_db is None:
+            return False
+        return loudest_frame_db(request.recent, self.engine.geometry.zc) < self.silence_threshold_db
 
     def _prompt_frames(self, request: BlockRequest) -> int:
         if not self.scheduler.settings.prompt_buckets:

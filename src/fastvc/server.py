@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from fastvc import __version__
 from fastvc.config import Config, ConfigError, load_config
 from fastvc.dialects import DIALECTS
-from fastvc.engine.base import create_engine
+from fastvc.engine.base import EngineLoadError, create_engine
 from fastvc.log import configure_logging
 from fastvc.metrics import Metrics
 from fastvc.recording import Recorder
@@ -104,7 +104,10 @@ class Server:
         except Exception as error:
             self.log.error("server.engine_failed", engine=engine_config.name, error=repr(error))
             raise
-        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log)
+        stream_config = self.config.stream
+        runner = EngineRunner(engine, config=self.config.scheduler, metrics=self.metrics, logger=self.log,
+                              silence_threshold_db=stream_config.silence_threshold_db if stream_config.silence_gate
+                              else None)
         await runner.start()
         self.service.engine, self.service.runner = engine, runner
         self.log.info("server.ready", engine=engine.name, model_rate_hz=engine.model_rate_hz,
@@ -230,6 +233,9 @@ async def serve_until_signalled(config: Config, config_path: str | None = None) 
         stopped = asyncio.ensure_future(server.wait_stopped())
         await asyncio.wait([stopped, server.engine_task], return_when=asyncio.FIRST_COMPLETED)
         if server.engine_task.done() and not server.engine_task.cancelled() and server.engine_task.exception():
+            error = server.engine_task.exception()
+            if isinstance(error, EngineLoadError):  # the operator's problem (missing weights...): say it plainly
+                print(f"fastvc: {error}", file=sys.stderr)
             await server.stop()
             return 1
         await stopped

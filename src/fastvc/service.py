@@ -109,6 +109,7 @@ class Service:
     def open_session(self, params: SessionParams, sink: AudioSink, logger) -> Session:
         recording = self.recorder.open(params.session_id) if self.recorder is not None else None
         session = Session(params, self.engine.geometry, self.runner, sink,
+                          content_window=self.engine.needs_content_window,
                           observer=SessionObserver(self.metrics, recording), logger=logger)
         session.start()
         self.metrics.sessions_total.inc()

@@ -139,7 +139,8 @@ class Session:
 
     def __init__(self, params: SessionParams, geometry: StreamGeometry, runner: BlockSubmitter, sink: AudioSink,
                  *, observer: SessionObserver | None = None, clock: Callable[[], float] = time.monotonic,
-                 logger=None) -> None:
+                 logger=None, content_window: bool = True) -> None:
+        """content_window: False when the engine never reads the 16 kHz window (skips step B3 per block)."""
         self.params = params
         self.geometry = geometry
         self.runner = runner
@@ -148,7 +149,7 @@ class Session:
         self.clock = clock
         self.log = logger or structlog.get_logger("fastvc.session").bind(session_id=params.session_id)
         self.state = SessionState.STREAMING
-        self.stream = BlockStream(geometry)
+        self.stream = BlockStream(geometry, content_window=content_window)
         self.input_resampler = StreamResampler(params.input_rate_hz, geometry.model_rate_hz)
         self.output_resampler = StreamResampler(geometry.model_rate_hz, params.output_rate_hz)
         self.stats = SessionStats(params.input_rate_hz, params.output_rate_hz,

@@ -181,6 +181,21 @@ class StitchResult:
     scores: np.ndarray
 
 
+def loudest_frame_db(samples: np.ndarray, frame: int) -> float:
+    """Level (dBFS, RMS) of the loudest `frame`-sample frame among the newest whole frames of `samples`.
+
+    The silence gate compares this with its threshold on `BlockInput.recent`, which covers every input sample
+    the block's output slice is made from (plus the right context): a gated block's output would have been
+    made of silence, so skipping it cannot cut a speech onset, and the next block's SOLA fade joins it.
+    """
+    n = samples.shape[0] // frame * frame
+    if n == 0:
+        return -math.inf
+    frames = samples[samples.shape[0] - n :].reshape(-1, frame).astype(np.float64)
+    loudest = float(np.max(np.einsum("ij,ij->i", frames, frames))) / frame
+    return 10.0 * math.log10(loudest) if loudest > 0.0 else -math.inf
+
+
 def fade_in_window(n: int) -> np.ndarray:
     """`sin²(π/2 · j/(n−1))` for j = 0…n−1, both end points included, in float32."""
     ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -194,8 +209,7 @@ def sola_scores(head: np.ndarray, prev: np.ndarray, search: int) -> np.ndarray:
     """
     sb = prev.shape[0]
     head64 = head[: search + sb].astype(np.float64)
-    frames = np.lib.stride_tricks.sliding_window_view(head64, sb)  # (search+1, sb)
-    numerator = frames @ prev.astype(np.float64)
+    numerator = np.correlate(head64, prev.astype(np.float64), "valid")  # (search+1,): no (search+1, sb) copy
     energy = np.concatenate(([0.0], np.cumsum(head64 * head64)))
     window_energy = energy[sb : sb + search + 1] - energy[: search + 1]
     return numerator / np.sqrt(np.maximum(window_energy, 0.0) + 1e-8)
@@ -206,12 +220,20 @@ class BlockStream:
 
     All three start as zeros (spec 3.9, 'State'). Call `push_block` with each block of `geometry.block` new
     samples, run the model on the returned `BlockInput`, then `stitch` its output slices in block order.
+
+    content_window: False for engines that never read the 16 kHz window (passthrough, cost-model): step B3 and
+        the window's upkeep are skipped and `BlockInput.window_16k`/`chunk_16k` are empty, saving host CPU.
     """
 
-    def __init__(self, geometry: StreamGeometry) -> None:
+    def __init__(self, geometry: StreamGeometry, *, content_window: bool = True) -> None:
         self.geometry = geometry
+        self.content_window = content_window
         self.window = np.zeros(geometry.window, dtype=np.float32)
-        self.window_16k = np.zeros(geometry.window_16k, dtype=np.float32)
+        self.window_16k = np.zeros(geometry.window_16k if content_window else 0, dtype=np.float32)
+        # One soxr resampler reused (cleared) for every B3: the same output as a one-shot call, without
+        # designing the filter again each block.
+        self._resampler = soxr.ResampleStream(geometry.model_rate_hz, CONTENT_RATE_HZ, 1, dtype="float32",
+                                              quality="HQ")
         self.prev = np.zeros(geometry.sola_buffer, dtype=np.float32)
         self.blocks_pushed = 0
         self.blocks_stitched = 0
@@ -225,9 +247,12 @@ class BlockStream:
             raise ValueError(f"block must have shape ({g.block},), got {block.shape}")
         self.window[: -g.block] = self.window[g.block :]
         self.window[-g.block :] = block
-        chunk = self._resample_newest()
-        self.window_16k[: -g.block_16k] = self.window_16k[g.block_16k :]
-        self.window_16k[-chunk.shape[0] :] = chunk
+        if self.content_window:
+            chunk = self._resample_newest()
+            self.window_16k[: -g.block_16k] = self.window_16k[g.block_16k :]
+            self.window_16k[-chunk.shape[0] :] = chunk
+        else:
+            chunk = self.window_16k  # empty
         recent_len = g.return_samples + g.extra_right
         request = BlockInput(
             block_index=self.blocks_pushed,
@@ -242,7 +267,8 @@ class BlockStream:
         """B3: libsoxr HQ of the last block + 2 units, minus its first 16 kHz unit. Returns (chunk_16k,)."""
         g = self.geometry
         segment = self.window[-(g.block + 2 * g.zc) :]
-        resampled = soxr.resample(segment, g.model_rate_hz, CONTENT_RATE_HZ, "HQ").astype(np.float32, copy=False)
+        resampled = self._resampler.resample_chunk(segment, last=True)
+        self._resampler.clear()
         expected = math.ceil(segment.shape[0] * CONTENT_RATE_HZ / g.model_rate_hz)
         if resampled.shape[0] != expected:
             raise RuntimeError(f"soxr returned {resampled.shape[0]} samples, expected {expected}")

@@ -35,6 +35,7 @@ class Serializer(Protocol):
     """One wire dialect, without I/O. Methods return the messages to send, in order."""
 
     name: str
+    log: Any  # a structlog logger; the driver rebinds it with the session id once the session opens
 
     def open(self, request_path: str) -> Event | None:
         """The event implied by the URL (a config from the query string), or None."""
@@ -145,6 +146,7 @@ class SerializedConnection:
     async def _start(self, config: SessionConfig) -> None:
         self.service.authenticate(config.api_key)
         self.log = self.log.bind(session_id=config.session_id)
+        self.serializer.log = self.log  # the serializer's own events (ignored messages...) name the session too
         self.decoder = make_decoder(config.encoding, sample_rate_hz=config.sample_rate_hz,
                                     bit_depth=config.bit_depth, frame_ms=config.opus_frame_ms)
         encoder = make_encoder(config.output_encoding, sample_rate_hz=config.sample_rate_out_hz,

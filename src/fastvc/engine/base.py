@@ -8,8 +8,9 @@ of a batch has the same shapes:
     BlockRequest.recent      (geometry.return_samples + extra_right,)  newest model-rate samples
     BlockResult.audio        (geometry.return_samples,)           model-rate slice for SOLA (step B8)
 
-Exceptions: `EngineError` (a batch failed; its blocks are concealed, the server keeps serving) and
-`UnknownEngineError` (a name not in the registry).
+Exceptions: `EngineError` (a batch failed; its blocks are concealed, the server keeps serving),
+`EngineLoadError` (the engine cannot start: missing weights, a checkpoint that does not fit; the message says
+what to do, the server prints it and exits) and `UnknownEngineError` (a name not in the registry).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from fastvc.stream import StreamGeometry, StreamSettings
 
 class EngineError(RuntimeError):
     """A batch could not be computed; its blocks fail, other batches go on."""
+
+
+class EngineLoadError(RuntimeError):
+    """The engine cannot be built or loaded; the message is meant for the operator (no traceback needed)."""
 
 
 class UnknownEngineError(ValueError):
@@ -78,6 +83,7 @@ class Engine(ABC):
     name: str = ""
     model_rate_hz: int = 22050
     hop_length: int = 256
+    needs_content_window: bool = True  # False: never reads BlockRequest.window_16k (sessions skip step B3)
 
     def __init__(self, settings: StreamSettings) -> None:
         """Subclasses that read the model rate or hop from a model config set them before calling this."""

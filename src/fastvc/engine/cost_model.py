@@ -26,6 +26,7 @@ OUTPUT_GAIN = 0.5
 
 class CostModelEngine(Engine):
     name = "cost-model"
+    needs_content_window = False
 
     def __init__(self, settings, *, config: Any = None, cost_a_ms: float | None = None,
                  cost_b_ms: float | None = None, reference_steps: int | None = None, **_options) -> None:

@@ -13,6 +13,7 @@ from fastvc.engine.base import BlockRequest, BlockResult, Engine
 
 class PassthroughEngine(Engine):
     name = "passthrough"
+    needs_content_window = False
 
     def __init__(self, settings, **_options) -> None:
         super().__init__(settings)

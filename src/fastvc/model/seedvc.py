@@ -118,13 +118,19 @@ class SeedVCModel(nn.Module):
         """Load every group strictly (`weights.load_strict`); returns the unused keys dropped per group.
 
         wav2vec2 layers past `output_layer` are cut first (the real-time model uses the first 12 of 24).
-        Raises WeightsError listing missing, unexpected and misshapen keys.
+        Raises one WeightsError listing the missing, unexpected and misshapen keys of every group.
         """
         dropped: dict[str, list[str]] = {}
+        problems: list[str] = []
         w2v, dropped["wav2vec2"] = weights.wav2vec2_state_dict(state_dicts["wav2vec2"], self.output_layer)
-        dropped["wav2vec2"] += weights.load_strict(self.wav2vec2, w2v, component="wav2vec2")
-        for name in ("length_regulator", "dit", "campplus", "hift"):
-            dropped[name] = weights.load_strict(getattr(self, name), state_dicts[name], component=name)
+        for name in ("wav2vec2", "length_regulator", "dit", "campplus", "hift"):
+            state = w2v if name == "wav2vec2" else state_dicts[name]
+            try:
+                dropped[name] = dropped.get(name, []) + weights.load_strict(getattr(self, name), state, component=name)
+            except weights.WeightsError as error:
+                problems.append(str(error))
+        if problems:
+            raise weights.WeightsError("\n".join(problems))
         return dropped
 
     def _autocast(self) -> contextlib.AbstractContextManager:

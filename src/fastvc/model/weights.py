@@ -170,8 +170,13 @@ def resolve_weight_files(model_config: Any, *, download: bool = False) -> Weight
     paths: dict[str, Path] = {}
     missing: list[str] = []
     reasons: list[str] = []
+    gave_up_on_hub = False
     for source in weight_sources(model_config):
-        path, reason = _locate(source, model_config.cache_dir or None, download)
+        path, reason, hub_unreachable = _locate(source, model_config.cache_dir or None, download)
+        if hub_unreachable:  # the rest are only looked up in the cache, not retried one by one
+            download, gave_up_on_hub = False, True
+        elif gave_up_on_hub and path is None and not source.local_path:
+            reason = "not in the cache, and the hub could not be reached (see the first file)"
         if path is None:
             if not _has_wav2vec2_alternative(source):
                 missing.append(source.describe())
@@ -196,18 +201,20 @@ def _has_wav2vec2_alternative(source: WeightSource) -> bool:
     return (Path(source.local_path).parent / "model.safetensors").is_file()
 
 
-def _locate(source: WeightSource, cache_dir: str | None, download: bool) -> tuple[Path | None, str]:
+def _locate(source: WeightSource, cache_dir: str | None, download: bool) -> tuple[Path | None, str, bool]:
+    """(path or None, why not, whether the hub could not be reached)."""
     if source.local_path:
         path = Path(source.local_path).expanduser()
-        return (path, "") if path.is_file() else (None, "no such file")
+        return (path, "", False) if path.is_file() else (None, "no such file", False)
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
     try:
         found = hf_hub_download(source.repo_id, source.filename, cache_dir=cache_dir, local_files_only=not download)
     except (OSError, EntryNotFoundError, HFValidationError) as error:
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return Path(found), ""
+        unreachable = download and isinstance(error, LocalEntryNotFoundError)  # no connection, nothing cached
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", unreachable
+    return Path(found), "", False
 
 
 def download_weights(model_config: Any) -> WeightFiles:
