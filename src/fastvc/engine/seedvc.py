@@ -78,6 +78,7 @@ class SeedVCFamilyEngine(Engine):
             raise EngineLoadError(f"[voices]: {error}") from error
         self.model: SeedVCModel | None = None
         self._voices: dict[str, VoicePrompt] = {}
+        self._prompt_frames: dict[str, int] = {}
 
     # -- lifecycle (worker thread) ----------------------------------------------------------------------------
 
@@ -109,6 +110,16 @@ class SeedVCFamilyEngine(Engine):
 
     def voices(self) -> list[str]:
         return self.library.ids()
+
+    def prompt_frames(self, voice_id: str) -> int:
+        """P of the voice (mel frames of its cut reference), for prompt-length buckets; cached, no model needed."""
+        try:
+            voice_id = self.library.resolve(voice_id)
+        except VoiceError:
+            return 0
+        if voice_id not in self._prompt_frames:
+            self._prompt_frames[voice_id] = self.library.reference(voice_id).shape[0] // self.hop_length
+        return self._prompt_frames[voice_id]
 
     def voice_prompt(self, voice_id: str) -> VoicePrompt:
         """The precomputed prompt of a voice ("default" and "" mean the default voice), computed on first use."""
