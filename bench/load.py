@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
@@ -54,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--ws-path", default="/ws", help="WebSocket path of the spawned server")
     target.add_argument("--batching", choices=("on", "off"), default="on",
                         help="off: repeat the sweep with max_batch_size = 1 and print the ratio (needs --spawn-server)")
+    target.add_argument("--server-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config option of the spawned server (TOML value), e.g. "
+                             "scheduler.max_wait_ms=0; repeatable")
     target.add_argument("--api-key", default="")
     load = parser.add_argument_group("load")
     load.add_argument("--sessions", type=int, default=1, help="concurrent sessions (one point)")
@@ -93,10 +101,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give exactly one of --url and --spawn-server")
     if args.batching == "off" and not args.spawn_server:
         parser.error("--batching off restarts the server with max_batch_size = 1: it needs --spawn-server")
+    try:
+        args.server_overrides = parse_server_options(args.server_option)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.server_overrides and not args.spawn_server:
+        parser.error("--server-option configures the spawned server: it needs --spawn-server")
     args.points = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.sessions]
     if any(n < 1 for n in args.points):
         parser.error("session counts must be positive")
     return args
+
+
+def parse_server_options(options: list[str]) -> dict[str, dict[str, Any]]:
+    """["scheduler.max_wait_ms=0", ...] -> {"scheduler": {"max_wait_ms": 0}}; values are TOML (bare words: strings)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for option in options:
+        name, equals, text = option.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not equals or not dot or not section or not key:
+            raise ValueError(f"--server-option {option!r}: expected SECTION.KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        overrides.setdefault(section, {})[key] = value
+    return overrides
 
 
 class ProgressLine:
@@ -162,8 +192,10 @@ def run_sweep(args: argparse.Namespace, label: str = "", overrides: dict | None 
     server = None
     if args.spawn_server:
         needed = max(args.points + ([args.find_max_limit] if args.find_max else []))
-        sections = {"server": {"max_sessions": max(needed, 256)}, **(overrides or {})}
-        print(f"starting server: engine {args.engine} {json.dumps(overrides or {})}", file=sys.stderr)
+        sections: dict[str, dict[str, Any]] = {"server": {"max_sessions": max(needed, 256)}}
+        for section, values in [*args.server_overrides.items(), *(overrides or {}).items()]:
+            sections.setdefault(section, {}).update(values)
+        print(f"starting server: engine {args.engine} {json.dumps(sections)}", file=sys.stderr)
         server = SpawnedServer(args.engine, config_path=args.config, overrides=sections, ws_path=args.ws_path)
         try:
             server.start()
@@ -217,6 +249,8 @@ def run_info(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "audio": args.audio, "duration_s": args.duration, "frame_ms": args.frame_ms, "encoding": args.encoding,
         "output_encoding": args.output_encoding or args.encoding, "pace": args.pace, "ramp_s": args.ramp,
         "jitter_buffer_ms": args.jitter_buffer_ms, "holdback_ms": args.holdback_ms,
+        "sample_rate_hz": args.sample_rate, "sample_rate_out_hz": args.sample_rate_out,
+        "server_options": args.server_overrides, "config": args.config,
     }
 
 

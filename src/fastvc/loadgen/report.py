@@ -167,6 +167,7 @@ def plot_sweep(rows: Sequence[dict], rows_off: Sequence[dict] | None, path: str 
         axes.set_xticks(sorted({r["sessions"] for r in rows}), [str(n) for n in sorted({r["sessions"] for r in rows})])
         axes.set_xlabel("concurrent streams")
         axes.set_ylabel(name)
+        axes.set_ylim(bottom=min(0.0, axes.get_ylim()[0]))
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
     figure.suptitle(title or "fastvc load sweep")
