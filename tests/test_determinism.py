@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from fastvc.config import Config
 from fastvc.model import weights
 from official_files import local_model_config, write_tiny_official
 from serverkit import make_config, pcm16, run_session, running_server, split_bytes, ws_url
-from voicekit import voices_dir
+from voicekit import restore_torch_threads, voices_dir
 
 RATE_HZ = 22050  # the model rate: no input or output resampling in the way of the comparison
 STEPS = 2
+
+keep_torch_threads = pytest.fixture(autouse=True)(restore_torch_threads)
 
 
 def deterministic_config(tmp_path, engine: str = "synthetic") -> Config:

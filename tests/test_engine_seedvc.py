@@ -11,9 +11,11 @@ from fastvc.config import Config
 from fastvc.engine.base import BlockRequest, EngineError, EngineLoadError, create_engine
 from fastvc.model import weights
 from official_files import local_model_config, populate_hub_cache, write_tiny_official
-from voicekit import voices_dir
+from voicekit import restore_torch_threads, voices_dir
 
 STEPS = 3  # the property under test does not depend on the step count; few steps keep the tests fast
+
+keep_torch_threads = pytest.fixture(autouse=True)(restore_torch_threads)
 
 
 def synthetic_config(tmp_path) -> Config:

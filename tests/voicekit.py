@@ -30,3 +30,12 @@ def voices_dir(tmp_path: Path) -> Path:
     for name, seconds, freq in (("long", 4.0, 180.0), ("mid", 1.5, 260.0), ("short", 1.0, 320.0)):
         write_pcm16(directory / f"{name}.wav", tone(seconds, 16000, freq), 16000)
     return directory
+
+
+def restore_torch_threads():
+    """Generator for an autouse fixture: engines and benches may call torch.set_num_threads; undo it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
