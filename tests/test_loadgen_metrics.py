@@ -18,6 +18,7 @@ from fastvc.loadgen.metrics import (
     summarize_point,
 )
 from fastvc.loadgen.report import batching_ratios, format_ratio_table, format_table, worst_sample_latency
+from fastvc.loadgen.search import find_max_passing
 
 RATE_IN, RATE_OUT = 16000, 48000
 FRAME_S, BLOCK_S = 0.02, 0.18
@@ -225,3 +226,15 @@ def test_codec_look_ahead_before_the_content_is_not_taken_for_content():
     assert shifted[1:] == pytest.approx(latencies[1:]) and lost == 0
     naive, _ = added_latencies_s(timeline, BLOCK_S, lead_in_s=0.08)  # look-ahead taken for content
     assert naive[1:] == pytest.approx([x - 0.013 for x in latencies[1:]])
+
+
+@pytest.mark.parametrize("capacity, expected", [(100, 96), (8, 8), (0, 0), (5000, 1024)])
+def test_find_max_doubles_then_bisects_to_the_largest_passing_load(capacity, expected):
+    tried: list[int] = []
+
+    def evaluate(n: int) -> bool:
+        tried.append(n)
+        return n <= capacity
+
+    assert find_max_passing(evaluate, start=16, limit=1024, tolerance=0.1) == expected
+    assert len(tried) <= 12
