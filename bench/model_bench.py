@@ -7,7 +7,8 @@
 
 One "block" is what the server computes for each session every `block_time_s` (default 180 ms): XLS-R over the
 2.76 s 16 kHz window, the length regulator, the CFG Euler sampler over prompt + block (`--steps`, `--cfg`), the
-vocoder (f0, source, the decoded tail) — `SeedVCModel.convert`, split into its parts. Weights are random (the
+vocoder (f0, source, the decoded tail) — `SeedVCModel.convert`, split into its parts (each timed over the whole
+batch; `total` is `convert` itself, in `--micro-batch` slices as the engine runs it). Weights are random (the
 synthetic engine's presets); compute does not depend on their values. Times are medians over `--repeat` runs
 after one warm-up run, in ms per batch and per stream.
 
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-ms", type=float, default=180.0, help="block length (the real-time budget)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per batch size (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--micro-batch", type=int, default=-1,
+                        help="run the whole block in slices of this many streams (default: 8 on CPU as the "
+                             "engine does, whole batch on CUDA; 0: whole batch)")
     parser.add_argument("--streams-search", action="store_true", help="find the most real-time streams")
     parser.add_argument("--max-streams", type=int, default=1024, help="upper bound of --streams-search")
     parser.add_argument("--json", help="write the results here")
@@ -73,6 +77,7 @@ class Bench:
         reference = torch.from_numpy(library.reference(library.default_voice))
         self.voice: VoicePrompt = self.model.prepare_voice(reference, 3.0)
         self.steps, self.cfg, self.repeat = args.steps, args.cfg, args.repeat
+        self.micro_batch = args.micro_batch if args.micro_batch >= 0 else (8 if self.device.type == "cpu" else 0)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -103,7 +108,8 @@ class Bench:
             mel, sampler_ms = self.timed(lambda: model.sample_mel(cond, voices, [n.z for n in noise], self.steps,
                                                                   self.cfg))
             _, vocoder_ms = self.timed(lambda: model.vocode_slice(mel, noise, g))
-            _, total_ms = self.timed(lambda: model.convert(windows, voices, noise, g, self.steps, self.cfg))
+            _, total_ms = self.timed(lambda: model.convert(windows, voices, noise, g, self.steps, self.cfg,
+                                                           micro_batch=self.micro_batch))
             if run > 0:  # the first run warms up (allocations, kernel choice)
                 for name, ms in zip(COMPONENTS, (xlsr_ms, lr_ms, sampler_ms, vocoder_ms, total_ms)):
                     runs[name].append(ms)
@@ -155,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {bench.device} ({torch.cuda.get_device_name(bench.device) if bench.device.type == 'cuda' else 'cpu'}"
           f", {torch.get_num_threads()} threads), preset {bench.preset} ({params_m:.1f} M parameters), "
           f"{bench.precision}, {args.steps} steps, CFG {args.cfg}, block {args.block_ms:.0f} ms, prompt "
-          f"{bench.voice.prompt_frames} frames + {bench.geometry.target_frames} generated", flush=True)
+          f"{bench.voice.prompt_frames} frames + {bench.geometry.target_frames} generated; total in slices of "
+          f"{bench.micro_batch or 'the whole batch'}", flush=True)
     rows = {batch: bench.block_ms(batch) for batch in (int(b) for b in args.batches.split(","))}
     print(format_table(rows))
     report = {"device": str(bench.device), "preset": bench.preset, "precision": bench.precision,
-              "threads": torch.get_num_threads(), "steps": args.steps, "cfg": args.cfg, "block_ms": args.block_ms,
+              "threads": torch.get_num_threads(), "micro_batch": bench.micro_batch, "steps": args.steps, "cfg": args.cfg, "block_ms": args.block_ms,
               "ms_per_batch": {str(b): ms for b, ms in rows.items()}}
     if args.streams_search:
         streams, seen = streams_search(bench, args.block_ms, args.max_streams)

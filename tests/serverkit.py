@@ -156,5 +156,8 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+    headers: dict[str, str] = {}
+    for line in lines[1:]:  # a repeated header is joined, as HTTP does: duplicates show
+        name, value = line.split(": ", 1)
+        headers[name.lower()] = f"{headers[name.lower()]}, {value}" if name.lower() in headers else value
+    return int(lines[0].split()[1]), headers, body

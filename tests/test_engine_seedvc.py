@@ -157,3 +157,17 @@ def test_prompt_frames_match_the_precomputed_prompts(engine):
     for voice in engine.voices():
         assert engine.prompt_frames(voice) == engine.voice_prompt(voice).prompt_frames
     assert engine.prompt_frames("long") == 258 and engine.prompt_frames("short") == 86
+
+
+def test_micro_batches_give_the_same_block_as_one_pass(engine):
+    model = engine._ensure_model()
+    g = engine.geometry
+    requests = [request(engine, i, ["long", "short"][i % 2], seed=i) for i in range(5)]
+    voices = [engine.voice_prompt(r.voice_id) for r in requests]
+    noise = [engine.block_noise(model, r) for r in requests]
+    windows = torch.from_numpy(np.stack([r.window_16k for r in requests]))
+    whole = model.convert(windows, voices, noise, g, STEPS, 0.7, keep_intermediates=True)
+    sliced = model.convert(windows, voices, noise, g, STEPS, 0.7, keep_intermediates=True, micro_batch=2)
+    for name in ("wav_slice", "content", "cond", "mel", "f0"):
+        ours, ref = getattr(sliced, name), getattr(whole, name)
+        assert ours.shape == ref.shape and float((ours - ref).norm() / ref.norm()) <= 1e-5, name

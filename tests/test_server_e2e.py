@@ -85,7 +85,7 @@ async def test_fifty_concurrent_sessions_all_complete(audio_dir):
         assert server.service.active_sessions == 0
     assert [r.complete["session_id"] for r in results] == [f"s{i}" for i in range(50)]
     for result in results:
-        assert result.close_code == 1000
+        assert result.close_code == 1000 and result.complete["stats"]["blocks_failed"] == 0
         assert abs(result.pcm_samples().shape[0] - source.shape[0]) <= 320
 
 

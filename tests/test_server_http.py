@@ -25,6 +25,7 @@ async def test_health_ready_and_metrics_answer(audio_dir):
         missing = await http_get(server.port, "/nothing-here")
     assert health[0] == 200 and ready[0] == 200 and missing[0] == 404
     assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert headers["content-length"] == str(len(body))  # one Content-Length, the body's
     text = body.decode()
     for line in ("fastvc_sessions_total 1.0", "fastvc_sessions_active 0.0", "fastvc_blocks_total 6.0",
                  "fastvc_block_latency_seconds_count 6.0", "fastvc_sessions_completed_total 1.0"):

@@ -34,6 +34,9 @@ from fastvc.model.voices import VoiceError, VoiceLibrary
 log = structlog.get_logger("fastvc.engine.seedvc")
 
 DTYPES = {"float32", "float16", "bfloat16"}
+CPU_MICRO_BATCH = 8
+"""On a CPU a batch runs in slices of this many streams (`SeedVCModel.convert(micro_batch=)`): measured ~25 %
+faster than one 16-stream pass on the tiny preset (activations stay in cache). GPUs take the whole batch."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,7 +161,8 @@ class SeedVCFamilyEngine(Engine):
         voices = [self.voice_prompt(r.voice_id) for r in requests]
         noise = [self.block_noise(model, r) for r in requests]
         windows = torch.from_numpy(np.stack([r.window_16k for r in requests]))
-        outputs = model.convert(windows, voices, noise, self.geometry, steps, cfg_rate)
+        micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else 0
+        outputs = model.convert(windows, voices, noise, self.geometry, steps, cfg_rate, micro_batch=micro_batch)
         return outputs.wav_slice.cpu().numpy().astype(np.float32, copy=False)
 
     def block_noise(self, model: SeedVCModel, request: BlockRequest) -> BlockNoise:

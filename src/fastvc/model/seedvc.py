@@ -163,8 +163,24 @@ class SeedVCModel(nn.Module):
     @torch.inference_mode()
     def convert(self, windows_16k: torch.Tensor, voices: Sequence[VoicePrompt], noise: Sequence[BlockNoise],
                 geometry: StreamGeometry, diffusion_steps: int, cfg_rate: float,
-                keep_intermediates: bool = False) -> BlockOutputs:
-        """Steps B4–B8 for B streams: windows_16k (B, W16) -> BlockOutputs with wav_slice (B, return_samples)."""
+                keep_intermediates: bool = False, micro_batch: int = 0) -> BlockOutputs:
+        """Steps B4–B8 for B streams: windows_16k (B, W16) -> BlockOutputs with wav_slice (B, return_samples).
+
+        `micro_batch` > 0 runs the batch in slices of that many streams (items are independent, so the result
+        is the same): on a CPU, slices of about 8 keep the activations in cache and run ~25 % faster.
+        """
+        size = micro_batch if micro_batch > 0 else max(len(voices), 1)
+        parts = [self._convert_slice(windows_16k[i : i + size], voices[i : i + size], noise[i : i + size], geometry,
+                                     diffusion_steps, cfg_rate, keep_intermediates)
+                 for i in range(0, len(voices), size)]
+        if len(parts) == 1:
+            return parts[0]
+        fields = ("wav_slice", "content", "cond", "mel", "f0") if keep_intermediates else ("wav_slice",)
+        return BlockOutputs(**{name: torch.cat([getattr(p, name) for p in parts]) for name in fields})
+
+    def _convert_slice(self, windows_16k: torch.Tensor, voices: Sequence[VoicePrompt], noise: Sequence[BlockNoise],
+                       geometry: StreamGeometry, diffusion_steps: int, cfg_rate: float,
+                       keep_intermediates: bool) -> BlockOutputs:
         windows_16k = windows_16k.to(self.device, torch.float32)
         with self._autocast():
             features = self.wav2vec2(windows_16k)
