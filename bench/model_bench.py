@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps")
     parser.add_argument("--cfg", type=float, default=0.7, help="CFG rate (0: no guidance, half the DiT work)")
     parser.add_argument("--block-ms", type=float, default=180.0, help="block length (the real-time budget)")
+    parser.add_argument("--prompt-seconds", type=float, default=3.0,
+                        help="target-voice prompt length ([stream] max_prompt_seconds); the DiT runs it every step")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per batch size (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--micro-batch", type=int, default=-1,
@@ -75,7 +77,7 @@ class Bench:
                                                      self.model.sample_rate_hz, self.model.hop_length)
         library = VoiceLibrary(None, self.model.sample_rate_hz)
         reference = torch.from_numpy(library.reference(library.default_voice))
-        self.voice: VoicePrompt = self.model.prepare_voice(reference, 3.0)
+        self.voice: VoicePrompt = self.model.prepare_voice(reference, args.prompt_seconds)
         self.steps, self.cfg, self.repeat = args.steps, args.cfg, args.repeat
         self.micro_batch = args.micro_batch if args.micro_batch >= 0 else (8 if self.device.type == "cpu" else 0)
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{bench.micro_batch or 'the whole batch'}", flush=True)
     rows = {batch: bench.block_ms(batch) for batch in (int(b) for b in args.batches.split(","))}
     print(format_table(rows))
-    report = {"device": str(bench.device), "preset": bench.preset, "precision": bench.precision,
+    report = {"device": str(bench.device), "preset": bench.preset, "prompt_frames": bench.voice.prompt_frames, "precision": bench.precision,
               "threads": torch.get_num_threads(), "micro_batch": bench.micro_batch, "steps": args.steps, "cfg": args.cfg, "block_ms": args.block_ms,
               "ms_per_batch": {str(b): ms for b, ms in rows.items()}}
     if args.streams_search:
