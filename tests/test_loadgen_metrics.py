@@ -143,7 +143,7 @@ def test_session_metrics_of_a_paced_session():
 
 def test_sweep_row_pools_blocks_and_counts_failures():
     good = session_metrics("a", paced_timeline(2, [0.01, 0.02]), BLOCK_S, jitter_buffer_s=0.06)
-    good.close_code = 1000
+    good.close_code, good.server_stats = 1000, {"blocks": 3, "blocks_concealed": 2}
     bad = session_metrics("b", paced_timeline(2, [0.03]), BLOCK_S, jitter_buffer_s=0.06)
     bad.error, bad.close_code = "closed: code 1011", 1011
     row = summarize_point(2, [good, bad])
@@ -151,6 +151,7 @@ def test_sweep_row_pools_blocks_and_counts_failures():
     assert row["block_latency_ms"]["p50"] == pytest.approx(20.0)
     assert row["errors"] == 1 and row["completed"] == 1
     assert row["close_codes"] == {"1000": 1, "1011": 1} and row["error_kinds"] == {"closed": 1}
+    assert row["server_blocks_concealed"] == 2 and row["server_blocks"] == 3
     assert "   2 " in format_table([row])
 
 
