@@ -103,8 +103,6 @@ class SeedVCModel(nn.Module):
         self.length_regulator = LengthRegulator(**configs["length_regulator"]["length_regulator"])
         self.dit = DiT.from_config(dict(configs["dit"]))
         self.hift = HiFTGenerator.from_config(configs["hift"]["hift"], configs["hift"]["f0_predictor"])
-        if self.hift.config.sampling_rate != self.sample_rate_hz:
-            raise ValueError(f"vocoder rate {self.hift.config.sampling_rate} != mel rate {self.sample_rate_hz}")
         if precision != "float32" and precision not in LOW_PRECISIONS:
             raise ValueError(f"precision must be float32, float16 or bfloat16, got {precision!r}")
         self.precision = precision
