@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -88,9 +89,9 @@ class SeedVCFamilyEngine(Engine):
 
     # -- lifecycle (worker thread) ----------------------------------------------------------------------------
 
+    @abstractmethod
     def build_model(self) -> SeedVCModel:
-        """Build the model with its weights (subclasses)."""
-        raise NotImplementedError
+        """The model with its weights, on the CPU (called once, on the worker thread)."""
 
     def warmup(self) -> None:
         """Build the model, precompute every voice, run one block so the first real one is not slow."""
