@@ -191,6 +191,7 @@ def _path(request: Request) -> str:
 
 def _with_body(response: Response, body: bytes, content_type: str) -> Response:
     headers = Headers(response.headers)
+    del headers["Content-Type"], headers["Content-Length"]  # Headers' item assignment appends, not replaces
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
     return replace(response, headers=headers, body=body)
