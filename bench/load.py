@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
@@ -54,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--ws-path", default="/ws", help="WebSocket path of the spawned server")
     target.add_argument("--batching", choices=("on", "off"), default="on",
                         help="off: repeat the sweep with max_batch_size = 1 and print the ratio (needs --spawn-server)")
+    target.add_argument("--server-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config option of the spawned server (TOML value), e.g. "
+                             "scheduler.max_wait_ms=0; repeatable")
     target.add_argument("--api-key", default="")
     load = parser.add_argument_group("load")
     load.add_argument("--sessions", type=int, default=1, help="concurrent sessions (one point)")
@@ -69,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--ramp", type=float, default=1.0, help="seconds over which session starts are spread")
     load.add_argument("--settle", type=float, default=2.5,
                       help="pause between sweep points (s); above the server's overload hold (2 s)")
+    target.add_argument("--restart-per-point", action="store_true",
+                        help="a fresh spawned server for every point (no state carried over, e.g. an overload)")
     load.add_argument("--voice")
     load.add_argument("--sessions-per-process", type=int, default=200)
     load.add_argument("--processes", type=int, help="load processes (default: one per --sessions-per-process)")
@@ -93,10 +103,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give exactly one of --url and --spawn-server")
     if args.batching == "off" and not args.spawn_server:
         parser.error("--batching off restarts the server with max_batch_size = 1: it needs --spawn-server")
+    try:
+        args.server_overrides = parse_server_options(args.server_option)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.server_overrides and not args.spawn_server:
+        parser.error("--server-option configures the spawned server: it needs --spawn-server")
     args.points = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.sessions]
     if any(n < 1 for n in args.points):
         parser.error("session counts must be positive")
     return args
+
+
+def parse_server_options(options: list[str]) -> dict[str, dict[str, Any]]:
+    """["scheduler.max_wait_ms=0", ...] -> {"scheduler": {"max_wait_ms": 0}}; values are TOML (bare words: strings)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for option in options:
+        name, equals, text = option.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not equals or not dot or not section or not key:
+            raise ValueError(f"--server-option {option!r}: expected SECTION.KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        overrides.setdefault(section, {})[key] = value
+    return overrides
 
 
 class ProgressLine:
@@ -157,44 +189,79 @@ def passes(row: dict[str, Any], budget_ms: float) -> bool:
     return row["errors"] == 0 and row["lost_blocks"] == 0 and p99 is not None and p99 <= budget_ms
 
 
-def run_sweep(args: argparse.Namespace, label: str = "", overrides: dict | None = None) -> tuple[list, dict]:
-    """All points against one server (spawned for the sweep when asked); plus the --find-max search."""
-    server = None
-    if args.spawn_server:
+class Target:
+    """The server under test: `--url`, or a spawned server (a fresh one per point with --restart-per-point)."""
+
+    def __init__(self, args: argparse.Namespace, overrides: dict | None) -> None:
+        self.args = args
+        self.server: SpawnedServer | None = None
         needed = max(args.points + ([args.find_max_limit] if args.find_max else []))
-        sections = {"server": {"max_sessions": max(needed, 256)}, **(overrides or {})}
-        print(f"starting server: engine {args.engine} {json.dumps(overrides or {})}", file=sys.stderr)
-        server = SpawnedServer(args.engine, config_path=args.config, overrides=sections, ws_path=args.ws_path)
+        self.sections: dict[str, dict[str, Any]] = {"server": {"max_sessions": max(needed, 256)}}
+        for section, values in [*args.server_overrides.items(), *(overrides or {}).items()]:
+            self.sections.setdefault(section, {}).update(values)
+
+    @property
+    def url(self) -> str:
+        return self.server.url if self.server else self.args.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid if self.server else None
+
+    def before_point(self) -> None:
+        """Start the spawned server (again, when restarting per point); otherwise let the last point settle."""
+        if not self.args.spawn_server:
+            return
+        if self.server is not None and not self.args.restart_per_point:
+            time.sleep(self.args.settle)
+            return
+        self.close()
+        print(f"starting server: engine {self.args.engine} {json.dumps(self.sections)}", file=sys.stderr)
+        server = SpawnedServer(self.args.engine, config_path=self.args.config, overrides=self.sections,
+                               ws_path=self.args.ws_path)
         try:
             server.start()
         except BaseException:
             server.close()
             raise
-    url = server.url if server else args.url
+        self.server = server
+
+    def close(self) -> None:
+        if self.server is None:
+            return
+        code = self.server.stop()
+        if code not in (0, None, -15):
+            print(f"server exited with code {code}:\n{self.server.log_tail()}", file=sys.stderr)
+        self.server.close()
+        self.server = None
+
+
+def run_sweep(args: argparse.Namespace, label: str = "", overrides: dict | None = None) -> tuple[list, dict]:
+    """All points (spawning the server when asked), then the --find-max search."""
+    target = Target(args, overrides)
     rows: list[dict[str, Any]] = []
     search: dict[str, Any] = {}
     try:
         for index, sessions in enumerate(args.points):
-            if index:
+            if index and not args.spawn_server:
                 time.sleep(args.settle)
-            rows.append(run_point(args, url, sessions, server.pid if server else None, label))
+            target.before_point()
+            rows.append(run_point(args, target.url, sessions, target.pid, label))
         if args.find_max:
-            search = find_max(args, url, server.pid if server else None, label)
+            search = find_max(args, target, label)
     finally:
-        if server is not None:
-            code = server.stop()
-            if code not in (0, None, -15):
-                print(f"server exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
-            server.close()
+        target.close()
     return rows, search
 
 
-def find_max(args: argparse.Namespace, url: str, server_pid: int | None, label: str) -> dict[str, Any]:
+def find_max(args: argparse.Namespace, target: Target, label: str) -> dict[str, Any]:
     tried: dict[int, dict[str, Any]] = {}
 
     def evaluate(sessions: int) -> bool:
-        time.sleep(args.settle)
-        row = run_point(args, url, sessions, server_pid, f"{label}find-max ")
+        target.before_point()
+        if not args.spawn_server:
+            time.sleep(args.settle)
+        row = run_point(args, target.url, sessions, target.pid, f"{label}find-max ")
         tried[sessions] = row
         ok = passes(row, args.budget_ms)
         if not args.quiet:
@@ -217,6 +284,8 @@ def run_info(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "audio": args.audio, "duration_s": args.duration, "frame_ms": args.frame_ms, "encoding": args.encoding,
         "output_encoding": args.output_encoding or args.encoding, "pace": args.pace, "ramp_s": args.ramp,
         "jitter_buffer_ms": args.jitter_buffer_ms, "holdback_ms": args.holdback_ms,
+        "sample_rate_hz": args.sample_rate, "sample_rate_out_hz": args.sample_rate_out,
+        "server_options": args.server_overrides, "config": args.config, "restart_per_point": args.restart_per_point,
     }
 
 

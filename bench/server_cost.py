@@ -6,7 +6,8 @@
 Starts `python -m fastvc.server --engine passthrough` on a free port, streams `--sessions` concurrent sessions
 of `--seconds` of audio each (as fast as the server takes it, or paced in real time with `--realtime`), and
 reads the server's user+system CPU time from /proc/<pid>/stat before and after. Prints one JSON line:
-messages in/out, audio seconds, server CPU seconds, messages per CPU-second, audio seconds per CPU-second.
+messages in/out, server CPU seconds, messages per CPU-second, audio seconds per CPU-second, and the server's
+block counters (blocks, deadline misses, concealed blocks: non-zero means clients got silence).
 The server's whole block path runs (resampling, BlockStream, SOLA, codecs); only the model is a copy.
 """
 
@@ -113,6 +114,20 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30.0) ->
     raise TimeoutError("server not ready")
 
 
+def scrape_counters(port: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The named series of the server's /metrics (absent ones are left out)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    values = {}
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name in names:
+            values[name.removeprefix("fastvc_")] = float(value)
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=20)
@@ -121,6 +136,7 @@ def main() -> int:
     parser.add_argument("--output-encoding", choices=["PCM", "OPUS"], default="PCM")
     parser.add_argument("--message-ms", type=int, choices=[10, 20, 40, 60], default=20)
     parser.add_argument("--realtime", action="store_true", help="pace each client in real time")
+    parser.add_argument("--config", default=str(REPO_ROOT / "server.toml"), help="server config (engine: passthrough)")
     args = parser.parse_args()
 
     port = free_port()
@@ -128,7 +144,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as state_dir:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "FASTVC_API_KEYS": ""}
         server = subprocess.Popen(
-            [sys.executable, "-m", "fastvc.server", "--config", str(REPO_ROOT / "server.toml"), "--engine",
+            [sys.executable, "-m", "fastvc.server", "--config", args.config, "--engine",
              "passthrough", "--port", str(port), "--state-dir", state_dir],
             env=env, cwd=state_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -136,6 +152,8 @@ def main() -> int:
             cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
             received = asyncio.run(run_clients(port, args, messages))
             cpu_s, wall_s = cpu_seconds(server.pid) - cpu_before, time.monotonic() - wall_before
+            counters = scrape_counters(port, ("fastvc_blocks_total", "fastvc_concealed_blocks_total",
+                                              "fastvc_deadline_misses_total"))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -149,6 +167,7 @@ def main() -> int:
         "wall_s": round(wall_s, 3), "messages_per_cpu_s": round(total / cpu_s, 1),
         "audio_s_per_cpu_s": round(audio_s / cpu_s, 1),
         "cpu_ms_per_audio_s": round(cpu_s / audio_s * 1000, 2),
+        **counters,
     }))
     return 0
 

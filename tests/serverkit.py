@@ -19,11 +19,20 @@ from fastvc.server import Server
 
 
 def make_config(**server_overrides) -> Config:
+    """Passthrough on a free loopback port, `[server]` fields overridden by keyword.
+
+    The scheduler's overload policy is off (no concealment, no adaptive steps, no admission hold): the tests
+    stream faster than real time on a shared machine, where a stalled event loop would otherwise turn blocks
+    into silence and refuse the next session. The policy has its own tests (test_scheduler, test_runner).
+    """
     config = Config()
     config.engine.name = "passthrough"
     config.server.host = "127.0.0.1"
     config.server.port = 0
     config.auth.api_keys_env = ""
+    config.scheduler.adaptive_steps = False
+    config.scheduler.conceal_late_ms = 1e9
+    config.scheduler.overload_hold_s = 0.0
     for name, value in server_overrides.items():
         setattr(config.server, name, value)
     return config
@@ -156,5 +165,8 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+    headers: dict[str, str] = {}
+    for line in lines[1:]:  # a repeated header is joined, as HTTP does: duplicates show
+        name, value = line.split(": ", 1)
+        headers[name.lower()] = f"{headers[name.lower()]}, {value}" if name.lower() in headers else value
+    return int(lines[0].split()[1]), headers, body

@@ -37,19 +37,24 @@ def test_a_stale_state_file_is_reported_and_removed(tmp_path, capsys, command):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_status_and_stop_a_real_server(tmp_path, capsys):
+def _spawn_server(state_dir) -> tuple[subprocess.Popen, int]:
+    """`fastvc serve` (passthrough, a free port) in a subprocess; returns it and its port, once listening."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "FASTVC_API_KEYS": ""}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fastvc.server", "--config", str(REPO_ROOT / "server.toml"), "--port", "0",
-         "--engine", "passthrough", "--state-dir", str(tmp_path)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [sys.executable, "-m", "fastvc.cli", "serve", "--config", str(REPO_ROOT / "server.toml"), "--port", "0",
+         "--engine", "passthrough", "--state-dir", str(state_dir)],
+        env=env, cwd=state_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not list(state_dir.glob("server-*.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    state_file, = state_dir.glob("server-*.json")
+    return process, json.loads(state_file.read_text())["port"]
+
+
+def test_status_and_stop_a_real_server(tmp_path, capsys):
+    process, port = _spawn_server(tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while not list(tmp_path.glob("server-*.json")) and time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read().decode()
-            time.sleep(0.05)
-        state_file, = tmp_path.glob("server-*.json")
-        port = json.loads(state_file.read_text())["port"]
         time.sleep(0.2)
         assert main(["status", "--state-dir", str(tmp_path), "--port", str(port)]) == 0
         status = json.loads(capsys.readouterr().out)
@@ -77,3 +82,15 @@ def test_clean_deletes_logs_and_recordings(tmp_path, capsys):
     assert not (tmp_path / "logs").exists() and not (tmp_path / "rec").exists()
     assert main(["clean", "--config", str(config), "-y"]) == 0
     assert "nothing to clean" in capsys.readouterr().out
+
+
+def test_stop_force_kills_at_once(tmp_path, capsys):
+    process, port = _spawn_server(tmp_path)
+    try:
+        assert main(["stop", "--state-dir", str(tmp_path), "--port", str(port), "--force"]) == 0
+        assert process.wait(timeout=5) == -9
+        assert list(tmp_path.glob("server-*.json")) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -35,7 +35,8 @@ def chromium() -> str:
                                    text=True, timeout=900)
         path = chromium_path()
         if path is None:
-            pytest.skip(f"Chromium cannot be installed here: {installer.stderr.strip() or 'no reason given'}")
+            reason = (installer.stderr.strip().splitlines() or ["no reason given"])[-1]
+            pytest.skip(f"Chromium cannot be installed here: {reason}")
     return path
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 
 import pytest
+import structlog
+import structlog.testing
 from websockets.asyncio.client import connect
 
 from dialectkit import (STREAM_SID, assert_same_audio, mulaw_bytes, mulaw_samples, twilio_call, twilio_media,
                         twilio_start, twilio_stop)
 from fastvc.dialects.twilio import TwilioSerializer
 from fastvc.protocol import AudioEvent, ConfigEvent, EndEvent, InvalidAudio, InvalidConfig, InvalidMessage
-from serverkit import running_server, speech, ws_url
+from serverkit import make_config, running_server, speech, ws_url
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
@@ -124,16 +125,34 @@ async def test_bad_twilio_input_gets_a_clear_close_and_spares_other_calls(audio_
 async def test_a_call_dropped_without_stop_frees_its_session(audio_dir):
     source = speech(audio_dir, 8000, seconds=2.0)
     async with running_server() as server:
-        async with connect(ws_url(server, "/twilio")) as ws:
-            for message in call_messages(source)[:-1]:  # everything but the stop
-                await ws.send(message)
-            await ws.recv()  # converted audio is flowing
-            assert server.service.active_sessions == 1
-        for _ in range(100):
-            if server.service.active_sessions == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert server.service.active_sessions == 0
+        with structlog.testing.capture_logs() as logs:
+            async with connect(ws_url(server, "/twilio")) as ws:
+                for message in call_messages(source)[:-1]:  # everything but the stop
+                    await ws.send(message)
+                await ws.recv()  # converted audio is flowing
+                assert server.service.active_sessions == 1
+                ws.transport.abort()  # the socket drops: no stop, no close frame
+            for _ in range(100):
+                if server.service.active_sessions == 0:
+                    break
+                await asyncio.sleep(0.02)
+        assert server.service.active_sessions == 0 and server.service.runner.pending == 0
+        ends = [line for line in logs if line["event"] == "session.end"]
+        assert [line["outcome"] for line in ends] == ["client_gone"]
+        assert [line for line in logs if line["log_level"] in ("warning", "error", "critical")] == []
         # The server still serves the next call in full.
         result = await twilio_call(ws_url(server, "/twilio"), call_messages(source))
-        assert result.close_code == 1000 and len(base64.b64encode(b"".join(result.media))) > 0
+        assert result.close_code == 1000 and len(result.audio()) == source.shape[0]
+
+
+async def test_a_recorded_call_is_filed_under_its_stream_sid(audio_dir, tmp_path):
+    config = make_config()
+    config.recording.enabled = True
+    config.recording.directory = str(tmp_path)
+    source = speech(audio_dir, 8000, seconds=1.0)
+    async with running_server(config) as server:
+        await twilio_call(ws_url(server, "/twilio"), call_messages(source))
+    stats_file, = tmp_path.glob(f"*/*/*/{STREAM_SID}_stats.json")
+    summary = json.loads(stats_file.read_text())
+    assert (summary["dialect"], summary["outcome"], summary["config"]["encoding"]) == ("twilio", "complete", "MULAW")
+    assert summary["stats"]["input_seconds"] == 1.0

@@ -11,18 +11,11 @@ from fastvc.config import Config
 from fastvc.engine.base import BlockRequest, EngineError, EngineLoadError, create_engine
 from fastvc.model import weights
 from official_files import local_model_config, populate_hub_cache, write_tiny_official
-from test_voices import tone, write_pcm16
+from voicekit import restore_torch_threads, voices_dir
 
 STEPS = 3  # the property under test does not depend on the step count; few steps keep the tests fast
 
-
-def voices_dir(tmp_path):
-    """Three voices of different lengths, hence different prompt lengths (P = 258, 129 and 86 frames)."""
-    directory = tmp_path / "voices"
-    directory.mkdir()
-    for name, seconds, freq in (("long", 4.0, 180.0), ("mid", 1.5, 260.0), ("short", 1.0, 320.0)):
-        write_pcm16(directory / f"{name}.wav", tone(seconds, 16000, freq), 16000)
-    return directory
+keep_torch_threads = pytest.fixture(autouse=True)(restore_torch_threads)
 
 
 def synthetic_config(tmp_path) -> Config:
@@ -158,3 +151,23 @@ def test_a_checkpoint_that_does_not_fit_fails_loudly(tmp_path, monkeypatch, tiny
         engine.warmup()
     message = str(caught.value)
     assert "estimator.final_mlp.2.weight (80, 3) != (80, 16)" in message and "model.0.bias" in message
+
+
+def test_prompt_frames_match_the_precomputed_prompts(engine):
+    for voice in engine.voices():
+        assert engine.prompt_frames(voice) == engine.voice_prompt(voice).prompt_frames
+    assert engine.prompt_frames("long") == 258 and engine.prompt_frames("short") == 86
+
+
+def test_micro_batches_give_the_same_block_as_one_pass(engine):
+    model = engine._ensure_model()
+    g = engine.geometry
+    requests = [request(engine, i, ["long", "short"][i % 2], seed=i) for i in range(5)]
+    voices = [engine.voice_prompt(r.voice_id) for r in requests]
+    noise = [engine.block_noise(model, r) for r in requests]
+    windows = torch.from_numpy(np.stack([r.window_16k for r in requests]))
+    whole = model.convert(windows, voices, noise, g, STEPS, 0.7, keep_intermediates=True)
+    sliced = model.convert(windows, voices, noise, g, STEPS, 0.7, keep_intermediates=True, micro_batch=2)
+    for name in ("wav_slice", "content", "cond", "mel", "f0"):
+        ours, ref = getattr(sliced, name), getattr(whole, name)
+        assert ours.shape == ref.shape and float((ours - ref).norm() / ref.norm()) <= 1e-5, name

@@ -63,10 +63,15 @@ async def test_a_server_at_its_session_limit_refuses_with_1013_and_the_run_goes_
         assert "OVERLOADED" in session.error or "1013" in session.error
 
 
-def test_the_command_line_spawns_a_server_and_writes_the_report(audio_dir, tmp_path, capsys):
+def load_bench_module():
     spec = importlib.util.spec_from_file_location("bench_load", BENCH_LOAD)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_command_line_spawns_a_server_and_writes_the_report(audio_dir, tmp_path, capsys):
+    bench = load_bench_module()
     out = tmp_path / "out.json"
     code = bench.main(["--spawn-server", "--engine", "passthrough", "--sweep", "1,2", "--duration", "1",
                        "--ramp", "0.1", "--settle", "0", "--quiet", "--audio", str(audio_dir / "en-hello_world-16k.wav"),
@@ -81,3 +86,12 @@ def test_the_command_line_spawns_a_server_and_writes_the_report(audio_dir, tmp_p
         assert row["machine"]["server_cpu_pct"] >= 0
     printed = capsys.readouterr().out
     assert "add p99" in printed and "report:" in printed
+
+
+def test_server_options_are_parsed_as_toml_values():
+    bench = load_bench_module()
+    assert bench.parse_server_options(["scheduler.max_wait_ms=0", "scheduler.max_batch_size = 8",
+                                       "engine.device=cpu"]) == {
+        "scheduler": {"max_wait_ms": 0, "max_batch_size": 8}, "engine": {"device": "cpu"}}
+    with pytest.raises(ValueError):
+        bench.parse_server_options(["max_wait_ms=0"])

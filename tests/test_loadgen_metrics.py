@@ -18,6 +18,7 @@ from fastvc.loadgen.metrics import (
     summarize_point,
 )
 from fastvc.loadgen.report import batching_ratios, format_ratio_table, format_table, worst_sample_latency
+from fastvc.loadgen.search import find_max_passing
 
 RATE_IN, RATE_OUT = 16000, 48000
 FRAME_S, BLOCK_S = 0.02, 0.18
@@ -142,7 +143,7 @@ def test_session_metrics_of_a_paced_session():
 
 def test_sweep_row_pools_blocks_and_counts_failures():
     good = session_metrics("a", paced_timeline(2, [0.01, 0.02]), BLOCK_S, jitter_buffer_s=0.06)
-    good.close_code = 1000
+    good.close_code, good.server_stats = 1000, {"blocks": 3, "blocks_concealed": 2}
     bad = session_metrics("b", paced_timeline(2, [0.03]), BLOCK_S, jitter_buffer_s=0.06)
     bad.error, bad.close_code = "closed: code 1011", 1011
     row = summarize_point(2, [good, bad])
@@ -150,6 +151,7 @@ def test_sweep_row_pools_blocks_and_counts_failures():
     assert row["block_latency_ms"]["p50"] == pytest.approx(20.0)
     assert row["errors"] == 1 and row["completed"] == 1
     assert row["close_codes"] == {"1000": 1, "1011": 1} and row["error_kinds"] == {"closed": 1}
+    assert row["server_blocks_concealed"] == 2 and row["server_blocks"] == 3
     assert "   2 " in format_table([row])
 
 
@@ -225,3 +227,15 @@ def test_codec_look_ahead_before_the_content_is_not_taken_for_content():
     assert shifted[1:] == pytest.approx(latencies[1:]) and lost == 0
     naive, _ = added_latencies_s(timeline, BLOCK_S, lead_in_s=0.08)  # look-ahead taken for content
     assert naive[1:] == pytest.approx([x - 0.013 for x in latencies[1:]])
+
+
+@pytest.mark.parametrize("capacity, expected", [(100, 96), (8, 8), (0, 0), (5000, 1024)])
+def test_find_max_doubles_then_bisects_to_the_largest_passing_load(capacity, expected):
+    tried: list[int] = []
+
+    def evaluate(n: int) -> bool:
+        tried.append(n)
+        return n <= capacity
+
+    assert find_max_passing(evaluate, start=16, limit=1024, tolerance=0.1) == expected
+    assert len(tried) <= 12

@@ -29,6 +29,7 @@ async def test_health_ready_and_metrics_answer(audio_dir):
     assert health[0] == 200 and ready[0] == 200 and missing[0] == 404
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b"fastvc_sessions_total" in standard  # a client that trusts Content-Length gets the body too
+    assert headers["content-length"] == str(len(body))  # one Content-Length, the body's
     text = body.decode()
     for line in ("fastvc_sessions_total 1.0", "fastvc_sessions_active 0.0", "fastvc_blocks_total 6.0",
                  "fastvc_block_latency_seconds_count 6.0", "fastvc_sessions_completed_total 1.0"):

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import math
 import struct
-import wave
 
 import numpy as np
 import pytest
 import soxr
 
 from fastvc.model.voices import SHIPPED_VOICES_DIR, UnknownVoiceError, VoiceError, VoiceLibrary, read_wav
-
-
-def write_pcm16(path, samples: np.ndarray, rate_hz: int) -> None:
-    """samples: (n,) or (n, channels) float in [-1, 1]."""
-    frames = samples.reshape(samples.shape[0], -1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(frames.shape[1])
-        out.setsampwidth(2)
-        out.setframerate(rate_hz)
-        out.writeframes(np.round(frames * 32767).astype("<i2").tobytes())
+from voicekit import tone, write_pcm16
 
 
 def write_raw_wav(path, payload: bytes, format_tag: int, bits: int, channels: int, rate_hz: int) -> None:
@@ -28,11 +18,6 @@ def write_raw_wav(path, payload: bytes, format_tag: int, bits: int, channels: in
     fmt = struct.pack("<HHIIHH", format_tag, channels, rate_hz, rate_hz * block_align, block_align, bits)
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(payload)) + payload
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-
-
-def tone(seconds: float, rate_hz: int, freq_hz: float = 220.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate_hz)) / rate_hz
-    return (0.5 * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
 
 def test_voice_ids_are_file_stems_and_the_default_is_resolved(tmp_path):

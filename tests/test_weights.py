@@ -170,3 +170,34 @@ def test_server_without_weights_exits_with_the_download_hint(tmp_path):
     assert done.returncode != 0
     assert "fastvc download" in done.stderr and "DiT_uvit_tat_xlsr_ema.pth" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_the_real_size_model_expects_exactly_the_official_checkpoint_keys(oracle_dir, monkeypatch):
+    """What `fastvc download` fetches must load: the real-size model (built on the meta device, no memory)
+    has the keys and shapes of keys-full.json, wav2vec2 cut to its first 12 layers."""
+    import json
+    import re
+
+    from fastvc.model import seedvc
+    from fastvc.model.presets import XLSR_300M, real_configs
+
+    def log_mel_on_cpu(**config):  # its filterbank is computed at construction: not on the meta device
+        with torch.device("cpu"):
+            return log_mel(**config)
+
+    log_mel = seedvc.LogMel
+    monkeypatch.setattr(seedvc, "LogMel", log_mel_on_cpu)
+
+    manifest = json.loads((oracle_dir / "keys-full.json").read_text())
+    assert manifest["hift"]["config"] == weights.HIFT_CONFIG
+    assert {k: manifest["wav2vec2"]["config"][k] for k in XLSR_300M} == XLSR_300M
+    with torch.device("meta"):
+        model = seedvc.SeedVCModel(real_configs())
+    w2v_used = [(k, s) for k, s in manifest["wav2vec2"]["keys"]
+                if not (m := re.match(r"encoder\.layers\.(\d+)\.", k)) or int(m.group(1)) < 12]
+    expected = {"dit": manifest["seed_vc_dit_checkpoint"]["cfm"],
+                "length_regulator": manifest["seed_vc_dit_checkpoint"]["length_regulator"],
+                "campplus": manifest["campplus"]["keys"], "hift": manifest["hift"]["keys"], "wav2vec2": w2v_used}
+    for group, pairs in expected.items():
+        ours = {key: list(tensor.shape) for key, tensor in getattr(model, group).state_dict().items()}
+        assert ours == {key: list(shape) for key, shape in pairs}, group

@@ -75,6 +75,8 @@ def _servers(config: Config, port: int | None) -> list:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fastvc import server
 
+    if args.config is None and Path(DEFAULT_CONFIG).is_file():
+        args.config = DEFAULT_CONFIG
     argv = [a for name in ("config", "host", "port", "engine") if getattr(args, name) is not None
             for a in (f"--{name}", str(getattr(args, name)))]
     if args.state_dir:

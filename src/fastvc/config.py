@@ -35,7 +35,7 @@ class ServerConfig:
     receive_timeout_s: float = 30.0
     drain_timeout_s: float = 10.0
     state_dir: str = "~/.cache/fastvc"
-    max_blocks_in_flight: int = 8
+    max_blocks_in_flight: int = 2
     codec_threads: int = 2
     default_sample_rate_out_hz: int = 16000
     opus_bitrate_bps: int = 32000

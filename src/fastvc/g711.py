@@ -9,8 +9,9 @@ Linear values are 16-bit: μ-law works on 14-bit magnitudes (16-bit / 4), A-law 
 decoded values are the standard's decoder outputs times 4 (μ-law, largest 32124) or times 8 (A-law, 32256).
 
 Code bytes are as sent on the wire, polarity bit 0x80 set for positive values: μ-law inverts the other bits
-(silence is 0xFF), A-law inverts the even bits (XOR 0x55, silence is 0xD5). Encoding runs through a 65536-entry table indexed by the int16 sample's bit
-pattern, decoding through a 256-entry table: both pure, no state, safe to share between sessions.
+(silence is 0xFF), A-law inverts the even bits (XOR 0x55, silence is 0xD5). Encoding runs through a
+65536-entry table indexed by the int16 sample's bit pattern, decoding through a 256-entry table: both pure,
+no state, safe to share between sessions.
 
 One code has no inverse: μ-law "negative zero" 0x7F decodes to 0, which encodes as positive zero 0xFF.
 """

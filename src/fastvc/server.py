@@ -190,8 +190,10 @@ def _path(request: Request) -> str:
 
 
 def _with_body(response: Response, body: bytes, content_type: str) -> Response:
+    """`response` with `body` and its type (websockets' Headers is a multi-dict: replace, never add)."""
     headers = Headers(response.headers)
-    del headers["Content-Type"], headers["Content-Length"]  # Headers' item assignment appends, not replaces
+    for name in ("Content-Type", "Content-Length"):
+        del headers[name]
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
     return replace(response, headers=headers, body=body)

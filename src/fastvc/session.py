@@ -10,7 +10,9 @@ precede the input and are dropped), and the output lasts exactly as long as the 
 
 Memory is bounded whatever the client does: less than one block waits in the pending buffer, at most
 `max_blocks_in_flight` blocks are queued or computing, and a client sending faster than they are computed is
-slowed down (backpressure: `feed` waits for room, so the transport stops reading that client). Stats keep the
+slowed down (backpressure: `feed` waits for room, so the transport stops reading that client). Keep that cap
+small (2: one computing, one next): the scheduler gives each block about one block duration from submission,
+and runs a session's blocks one per forward pass, so a deeper queue of one session's blocks misses deadlines. Stats keep the
 latencies of the most recent `LATENCY_WINDOW` blocks only.
 """
 
@@ -76,7 +78,7 @@ class SessionParams:
     diffusion_steps: int = 10
     cfg_rate: float = 0.7
     seed: int = 0
-    max_blocks_in_flight: int = 8
+    max_blocks_in_flight: int = 2
 
 
 _MASK64 = (1 << 64) - 1

@@ -35,6 +35,7 @@ class Serializer(Protocol):
     """One wire dialect, without I/O. Methods return the messages to send, in order."""
 
     name: str
+    log: Any  # a structlog logger; the driver rebinds it with the session id once the session opens
 
     def open(self, request_path: str) -> Event | None:
         """The event implied by the URL (a config from the query string), or None."""
@@ -107,8 +108,10 @@ class SerializedConnection:
         self.log = structlog.get_logger(f"fastvc.{serializer.name}").bind(peer=_peer(connection),
                                                                           dialect=serializer.name)
         self.session: Session | None = None
+        self.config: SessionConfig | None = None
         self.decoder: Decoder | None = None
         self.sink: SerializerSink | None = None
+        self.outcome = "aborted"
 
     async def run(self, *, slot: contextlib.AbstractContextManager | None = None) -> None:
         """`slot`: this connection's session slot when the caller took it already (`fastvc.dialects.root`)."""
@@ -116,15 +119,20 @@ class SerializedConnection:
             with slot if slot is not None else self.service.admit():
                 await self._serve()
         except ProtocolError as error:
+            self.outcome = error.error_code
             await self._refuse(error)
         except ConnectionClosed:
-            self.log.info("session.client_gone", blocks=self._blocks())
+            self.outcome = "client_gone"  # not an error: logged once, as the session's end
         except Exception as error:  # noqa: BLE001 - a bug: report INTERNAL_ERROR to the client, log the trace
+            self.outcome = "INTERNAL_ERROR"
             self.log.exception("session.internal_error", error=repr(error))
             await self._refuse(InternalError("internal server error"), logged=True)
         finally:
             if self.session is not None:
                 await self.session.abort()
+                if self.outcome != "complete":  # every session.start has one session.end, whatever happened
+                    self.log.info("session.end", outcome=self.outcome, **self.session.stats.to_dict())
+                self.service.close_session(self.session, self._summary())
 
     async def _serve(self) -> None:
         event = self.serializer.open(self.connection.request.path)
@@ -143,8 +151,10 @@ class SerializedConnection:
                 return
 
     async def _start(self, config: SessionConfig) -> None:
+        self.config = config
         self.service.authenticate(config.api_key)
         self.log = self.log.bind(session_id=config.session_id)
+        self.serializer.log = self.log  # the serializer's own events (ignored messages...) name the session too
         self.decoder = make_decoder(config.encoding, sample_rate_hz=config.sample_rate_hz,
                                     bit_depth=config.bit_depth, frame_ms=config.opus_frame_ms)
         encoder = make_encoder(config.output_encoding, sample_rate_hz=config.sample_rate_out_hz,
@@ -186,6 +196,7 @@ class SerializedConnection:
         stats.concealed_packets = self.decoder.concealed_packets
         self.service.metrics.opus_concealed.inc(self.decoder.concealed_packets)
         self.service.metrics.sessions_completed.inc()
+        self.outcome = "complete"
         summary = stats.to_dict()
         self.log.info("session.end", outcome="complete", **summary)
         for message in self.serializer.complete(config, summary):
@@ -217,6 +228,11 @@ class SerializedConnection:
             await self._close(error.close_code, self.serializer.close_reason(error))
         except ConnectionClosed:
             pass  # the client left first: nothing more to tell it
+
+    def _summary(self) -> dict:
+        """Stats, outcome and config of the session (for its recording)."""
+        return {"session_id": self.config.session_id, "dialect": self.serializer.name, "outcome": self.outcome,
+                "config": config_dict(self.config), "stats": self.session.stats.to_dict()}
 
     def _blocks(self) -> int:
         return self.session.stats.blocks if self.session is not None else 0

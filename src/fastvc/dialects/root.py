@@ -51,7 +51,7 @@ async def serve_root(service, connection: ServerConnection) -> None:
         return
     except ConnectionClosed:
         slot.close()
-        log.info("session.client_gone", blocks=0)
+        log.debug("connection.closed_before_first_message")
         return
     handler = serve_simple if is_simple_start(first) else serve_native
     with slot:  # normally the dialect releases it first, before answering its last message

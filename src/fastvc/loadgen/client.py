@@ -20,7 +20,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from fastvc.loadgen.audio import FrameSequence, payload_samples
+from fastvc.loadgen.audio import AudioError, FrameSequence, payload_samples
 from fastvc.loadgen.metrics import SessionMetrics, Timeline, session_metrics
 
 PACES = ("realtime", "fast")
@@ -216,7 +216,11 @@ async def _receive(ws: ClientConnection, timeline: Timeline, outcome: SessionOut
         async for message in ws:
             received_at = time.monotonic()
             if isinstance(message, bytes):
-                samples = payload_samples(message, output_encoding, rate_out)
+                try:
+                    samples = payload_samples(message, output_encoding, rate_out)
+                except AudioError as error:
+                    outcome.fail(f"server: unreadable audio message ({error})")
+                    continue
                 timeline.record_receive(received_at, samples)
                 progress.add(ProgressCounters.OUTPUT_MS, samples * 1000 // rate_out)
                 continue

@@ -348,6 +348,9 @@ def summarize_point(sessions: int, results: Sequence[SessionMetrics]) -> dict[st
         "errors": sum(not r.ok for r in results),
         "error_kinds": error_kinds,
         "close_codes": close_codes,
+        "server_blocks": sum(int(r.server_stats.get("blocks") or 0) for r in results),
+        "server_blocks_concealed": sum(int(r.server_stats.get("blocks_concealed") or 0) for r in results),
+        "server_blocks_failed": sum(int(r.server_stats.get("blocks_failed") or 0) for r in results),
         "send_lag_max_ms": round(max((r.send_lag_max_ms for r in results), default=0.0), 3),
         "ready_ms": distribution([r.ready_ms for r in results]),
     }

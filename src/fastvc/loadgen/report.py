@@ -29,6 +29,8 @@ DEFINITIONS = {
     "underruns": "times a simulated player (started jitter_buffer_ms after the first audio, re-buffering "
                  "jitter_buffer_ms after each stall) ran dry, summed over sessions.",
     "loop_lag_ms": "the load generator's own event-loop lag: high values mean the client was CPU-starved.",
+    "server_blocks_concealed": "blocks the server answered with silence because they could not be computed in "
+                               "time (from its complete stats): low latency with many of these is not success.",
     "machine": "CPU use during the point, % of one core: whole machine, server process, load generator, others.",
 }
 
@@ -96,6 +98,7 @@ COLUMNS = (  # header, width, decimals, how to read the cell from a row
     ("jit p99", 8, 1, lambda r: r["jitter_ms"]["p99"]),
     ("rtf p99", 8, 3, lambda r: r["rtf"]["p99"]),
     ("under", 6, 1, lambda r: r["underruns"]),
+    ("concl", 6, 1, lambda r: r.get("server_blocks_concealed")),
     ("err", 4, 1, lambda r: r["errors"]),
     ("lag p99", 8, 1, lambda r: r.get("loop_lag_ms", {}).get("p99")),
     ("srv cpu", 8, 1, lambda r: r.get("machine", {}).get("server_cpu_pct")),
@@ -113,8 +116,9 @@ def format_table(rows: Sequence[dict], title: str = "") -> str:
         lines.append(" ".join(_fmt(read(row), digits).rjust(width) for _, width, digits, read in COLUMNS))
     lines.append("latencies in ms: add = added latency (worst sample delay - algorithmic latency), "
                  "blk = block turnaround, 1st = first packet, jit = jitter; rtf = real-time factor;")
-    lines.append("under = player underruns; lag = load generator's event-loop lag; cpu/other in % of one core "
-                 "(other = the rest of the machine); load1 = 1-min load average.")
+    lines.append("under = player underruns; concl = blocks the server concealed (silence: too late to compute); "
+                 "lag = load generator's event-loop lag;")
+    lines.append("cpu/other in % of one core (other = the rest of the machine); load1 = 1-min load average.")
     return "\n".join(lines)
 
 
@@ -167,6 +171,7 @@ def plot_sweep(rows: Sequence[dict], rows_off: Sequence[dict] | None, path: str 
         axes.set_xticks(sorted({r["sessions"] for r in rows}), [str(n) for n in sorted({r["sessions"] for r in rows})])
         axes.set_xlabel("concurrent streams")
         axes.set_ylabel(name)
+        axes.set_ylim(bottom=min(0.0, axes.get_ylim()[0]))
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
     figure.suptitle(title or "fastvc load sweep")

@@ -379,30 +379,23 @@ def read_wav2vec2_weights(directory: Path) -> dict[str, torch.Tensor]:
 def wav2vec2_state_dict(raw: Mapping[str, torch.Tensor], output_layer: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Hub wav2vec2 keys -> `Wav2Vec2Model` keys for the first `output_layer` layers; returns (state, dropped).
 
-    * a leading `wav2vec2.` is removed (the hub file holds `Wav2Vec2ForPreTraining`);
-    * the positional conv's `weight_g`/`weight_v` become `parametrizations.weight.original0`/`original1`;
-    * pre-training heads (`quantizer.*`, `project_q.*`, `project_hid.*`) and `encoder.layers.{i}` for
-      i >= output_layer are dropped: the real-time model cuts the encoder to its first `output_layer` layers.
+    The hub file holds `Wav2Vec2ForPreTraining`: its `wav2vec2.` model is renamed (`convert_hub_state_dict`:
+    prefix off, positional-conv `weight_g`/`weight_v` -> `parametrizations.weight.original0`/`original1`) and its
+    pre-training heads (`quantizer.*`, `project_q.*`, `project_hid.*`) are dropped; any other key outside the
+    model fails. Layers `encoder.layers.{i}` with i >= output_layer are dropped (`split_checkpoint`): the
+    real-time model cuts the encoder to its first `output_layer` layers.
     """
+    from fastvc.model.wav2vec2 import HUB_PREFIX, convert_hub_state_dict, split_checkpoint
+
     raw = strip_module_prefix(raw)
-    prefixed = any(key.startswith("wav2vec2.") for key in raw)
-    state: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    for key, value in raw.items():
-        if prefixed and not key.startswith("wav2vec2."):
-            if not _matches_any(key, WAV2VEC2_PRETRAINING_KEYS):
-                raise WeightsError(f"wav2vec2 checkpoint: unexpected key outside the encoder: {key}")
-            dropped.append(key)
-            continue
-        name = key.removeprefix("wav2vec2.")
-        name = re.sub(r"pos_conv_embed\.conv\.weight_g$", "pos_conv_embed.conv.parametrizations.weight.original0", name)
-        name = re.sub(r"pos_conv_embed\.conv\.weight_v$", "pos_conv_embed.conv.parametrizations.weight.original1", name)
-        layer = re.match(r"encoder\.layers\.(\d+)\.", name)
-        if layer and int(layer.group(1)) >= output_layer:
-            dropped.append(key)
-            continue
-        state[name] = value
-    return state, dropped
+    ignored: list[str] = []
+    if any(key.startswith(HUB_PREFIX) for key in raw):
+        raw, ignored = convert_hub_state_dict(raw)
+        unknown = [key for key in ignored if not _matches_any(key, WAV2VEC2_PRETRAINING_KEYS)]
+        if unknown:
+            raise WeightsError(f"wav2vec2 checkpoint: unexpected keys outside the encoder ({_listed(unknown)})")
+    state, skipped = split_checkpoint(raw, output_layer)
+    return state, ignored + skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------

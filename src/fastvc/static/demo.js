@@ -58,28 +58,45 @@ async function loadVoices() {
 }
 
 async function openAudio() {
-  let context;
-  try {
-    context = new AudioContext({ sampleRate: REQUESTED_RATE_HZ, latencyHint: "interactive" });
-  } catch (_error) {
-    context = new AudioContext({ latencyHint: "interactive" });  // the browser's own rate; the server resamples
-  }
-  await context.audioWorklet.addModule("/demo/demo-worklet.js");
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
   });
-  const source = context.createMediaStreamSource(stream);
-  const capture = new AudioWorkletNode(context, "fastvc-capture", { numberOfOutputs: 1 });
-  const mute = new GainNode(context, { gain: 0 });  // keeps the capture node pulled without hearing yourself
-  capture.connect(mute).connect(context.destination);
-  const playback = new AudioWorkletNode(context, "fastvc-playback", {
-    numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { jitterMs: JITTER_MS },
-  });
-  playback.connect(context.destination);
-  capture.port.onmessage = (event) => onCapturedFrame(event.data);
-  playback.port.onmessage = (event) => onPlaybackReport(event.data);
-  await context.resume();
-  return { context, stream, source, capture, playback, mute };
+  try {
+    return await buildGraph(stream, REQUESTED_RATE_HZ);
+  } catch (error) {
+    // Some browsers refuse a 16 kHz context next to a microphone at another rate: use the browser's own
+    // rate; the server resamples whatever rate the config names.
+    console.warn(`16 kHz audio graph refused (${error.message}); using the browser's rate`);
+    try {
+      return await buildGraph(stream, undefined);
+    } catch (again) {
+      stream.getTracks().forEach((track) => track.stop());
+      throw again;
+    }
+  }
+}
+
+async function buildGraph(stream, rateHz) {
+  const context = new AudioContext(rateHz ? { sampleRate: rateHz, latencyHint: "interactive" }
+                                          : { latencyHint: "interactive" });
+  try {
+    await context.audioWorklet.addModule("/demo/demo-worklet.js");
+    const source = context.createMediaStreamSource(stream);
+    const capture = new AudioWorkletNode(context, "fastvc-capture", { numberOfOutputs: 1 });
+    const mute = new GainNode(context, { gain: 0 });  // keeps the capture node pulled without hearing yourself
+    capture.connect(mute).connect(context.destination);
+    const playback = new AudioWorkletNode(context, "fastvc-playback", {
+      numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { jitterMs: JITTER_MS },
+    });
+    playback.connect(context.destination);
+    capture.port.onmessage = (event) => onCapturedFrame(event.data);
+    playback.port.onmessage = (event) => onPlaybackReport(event.data);
+    await context.resume();
+    return { context, stream, source, capture, playback, mute };
+  } catch (error) {
+    context.close();
+    throw error;
+  }
 }
 
 function closeAudio() {
