@@ -31,9 +31,18 @@ def test_a_full_batch_goes_at_once():
     assert [b.session_id for b in decision.batch.blocks] == ["s0", "s1", "s2", "s3"]
 
 
+def active(scheduler: Scheduler, *session_ids: str, at_s: float) -> None:
+    """Sessions that sent a block shortly before `at_s` (already run): the scheduler expects more from them."""
+    for session_id in session_ids:
+        scheduler.add(session_id, 0, KEY, 10, ready_s=at_s - 0.1)
+    while scheduler.pending:
+        scheduler.decide(at_s - 0.1)
+
+
 def test_a_lone_block_waits_max_wait_then_goes():
     scheduler = Scheduler(SchedulerSettings(max_batch_size=8, max_wait_ms=20.0))
-    scheduler.add("s", 0, KEY, 10, ready_s=1.0)
+    active(scheduler, "other", at_s=1.0)
+    scheduler.add("s", 1, KEY, 10, ready_s=1.0)
     waiting = scheduler.decide(1.005)
     assert waiting.batch is None and waiting.wake_at_s == pytest.approx(1.02)
     assert scheduler.decide(1.02).batch.size == 1
@@ -43,15 +52,26 @@ def test_it_waits_for_more_blocks_only_while_the_earliest_deadline_allows():
     """max_wait is long; the forward pass of 2 blocks takes 21 ms: the batch must start 21 ms before the deadline."""
     settings = SchedulerSettings(max_batch_size=64, max_wait_ms=1000.0, safety_margin_ms=20.0)
     scheduler = Scheduler(settings, forward_model=fitted(20.0, 0.5))
+    active(scheduler, "c", "d", at_s=0.0)
     scheduler.add("a", 0, KEY, 10, ready_s=0.0)
     scheduler.add("b", 0, KEY, 10, ready_s=0.05)
     deadline = 0.0 + BLOCK_S - 0.020
     waiting = scheduler.decide(0.06)
     assert waiting.batch is None and waiting.wake_at_s == pytest.approx(deadline - 0.021)
-    scheduler.add("c", 0, KEY, 10, ready_s=0.1)  # a third block: 21.5 ms, so it must start earlier
+    scheduler.add("c", 1, KEY, 10, ready_s=0.1)  # a third block: 21.5 ms, so it must start earlier
     assert scheduler.decide(0.1).wake_at_s == pytest.approx(deadline - 0.0215)
     batch = scheduler.decide(deadline - 0.0215).batch
     assert batch.size == 3 and not batch.late
+
+
+def test_when_every_active_session_has_its_block_waiting_the_batch_goes_at_once():
+    scheduler = Scheduler(SchedulerSettings(max_batch_size=64, max_wait_ms=50.0))
+    active(scheduler, "a", "b", at_s=1.0)
+    scheduler.add("a", 1, KEY, 10, ready_s=1.0)
+    assert scheduler.decide(1.001).batch is None  # b will send its block too: wait for it
+    scheduler.add("b", 1, KEY, 10, ready_s=1.002)
+    batch = scheduler.decide(1.002).batch  # b is there: nothing more can join, go now (not at 1.05)
+    assert batch is not None and batch.size == 2
 
 
 def test_one_block_per_session_per_batch_in_session_order():

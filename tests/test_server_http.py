@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
@@ -22,9 +23,12 @@ async def test_health_ready_and_metrics_answer(audio_dir):
         health = await http_get(server.port, "/health")
         ready = await http_get(server.port, "/ready")
         status, headers, body = await http_get(server.port, "/metrics")
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        standard = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
         missing = await http_get(server.port, "/nothing-here")
     assert health[0] == 200 and ready[0] == 200 and missing[0] == 404
     assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert b"fastvc_sessions_total" in standard  # a client that trusts Content-Length gets the body too
     assert headers["content-length"] == str(len(body))  # one Content-Length, the body's
     text = body.decode()
     for line in ("fastvc_sessions_total 1.0", "fastvc_sessions_active 0.0", "fastvc_blocks_total 6.0",

@@ -23,10 +23,12 @@ class FakeRunner:
         self.auto = auto
         self.fail = fail
         self.submitted: list = []
+        self.ready_s: list = []
 
-    def submit(self, request):
+    def submit(self, request, ready_s=None):
         future = asyncio.get_running_loop().create_future()
         self.submitted.append((request, future))
+        self.ready_s.append(ready_s)
         if self.auto:
             self.resolve(len(self.submitted) - 1)
         return future
@@ -155,3 +157,15 @@ async def test_a_sink_failure_reaches_the_caller():
             await asyncio.sleep(0)
         await session.finish()
     await session.abort()
+
+
+async def test_blocks_pushed_at_once_are_due_at_the_real_time_pace():
+    """The flush at the end (and a client faster than real time) must not make every block due now:
+    the scheduler runs one block per session per batch, so their deadlines are spaced one block apart."""
+    runner = FakeRunner()
+    session, _ = _session(runner)
+    await session.feed(_noise(GEOMETRY.block * 3))
+    await session.finish()
+    block_s = GEOMETRY.block / GEOMETRY.model_rate_hz
+    gaps = np.diff(runner.ready_s)
+    assert len(runner.ready_s) >= 4 and np.all(gaps >= block_s - 1e-9)

@@ -17,7 +17,8 @@ Rules
   one padded, masked batch).
 * Earliest deadline first: the batch is formed from the key group holding the earliest deadline, in deadline
   order, up to `max_batch_size` blocks.
-* Dispatch when the worker is free and one of: the batch is full; waiting longer would miss the earliest
+* Dispatch when the worker is free and one of: the batch is full; every session active in the last two
+  block periods has its block in the batch (waiting cannot add one); waiting longer would miss the earliest
   deadline (`now + forward(n) >= deadline`, with `forward` an online fit `a + b·size` per diffusion step);
   the oldest block has waited `max_wait_ms`. Otherwise the runner sleeps until `Decision.wake_at_s` or the
   next arrival.
@@ -215,6 +216,8 @@ class Scheduler:
         self._on_time_streak = 0
         self._last_trouble_s = -math.inf
         self._worker_free_s = -math.inf
+        self._last_seen: dict[str, float] = {}  # session -> ready time of its newest block
+        self._seen_order: deque[tuple[float, str]] = deque()
         self.pending = 0
         self.concealed_total = 0
         self.late_batches_total = 0
@@ -236,6 +239,8 @@ class Scheduler:
         if len(queue) == 1:
             self._queue(key).push(block)
         self.pending += 1
+        self._last_seen[session_id] = ready_s
+        self._seen_order.append((ready_s, session_id))
         return block
 
     def remove_session(self, session_id: str) -> list[QueuedBlock]:
@@ -312,6 +317,15 @@ class Scheduler:
             decision.wake_at_s = wake_at
         return decision
 
+    def _active_sessions(self, now_s: float) -> int:
+        """Sessions that queued a block within the last two block periods."""
+        horizon_s = now_s - 2.0 * self.settings.block_s
+        while self._seen_order and self._seen_order[0][0] < horizon_s:
+            ready_s, session_id = self._seen_order.popleft()
+            if self._last_seen.get(session_id) == ready_s:
+                del self._last_seen[session_id]
+        return len(self._last_seen)
+
     def _size(self, queue: _KeyQueue) -> int:
         return min(queue.live, self.settings.max_batch_size)
 
@@ -320,8 +334,8 @@ class Scheduler:
         top = queue.top()
         assert top is not None
         n = self._size(queue)
-        if n >= self.settings.max_batch_size:
-            return now_s
+        if n >= self.settings.max_batch_size or queue.live >= self._active_sessions(now_s):
+            return now_s  # full, or every active session has its block here: waiting cannot add any
         latest_start_s = top.deadline_s - self.forward.predict(n, self.steps_for(top.diffusion_steps))
         return min(latest_start_s, top.ready_s + self.settings.max_wait_ms / 1000.0)
 

@@ -56,7 +56,7 @@ class AudioSink(Protocol):
 
 
 class BlockSubmitter(Protocol):
-    def submit(self, request: BlockRequest) -> asyncio.Future[BlockResult]: ...
+    def submit(self, request: BlockRequest, ready_s: float | None = None) -> asyncio.Future[BlockResult]: ...
 
 
 class SessionObserver(Protocol):
@@ -81,10 +81,22 @@ class SessionParams:
     max_blocks_in_flight: int = 2
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that spreads every input bit."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def block_seed(session_seed: int, block_index: int) -> int:
-    """A 63-bit seed for one block, fixed by the session seed and block index (not by batching)."""
-    state = np.random.SeedSequence([session_seed, block_index]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+    """A 63-bit seed for one block, fixed by the session seed and block index (not by batching).
+
+    Integer mixing (about 1 µs) rather than numpy's SeedSequence (about 18 µs), on the per-block hot path.
+    """
+    return _mix64((_mix64(session_seed & _MASK64) + (block_index + 1) * 0x9E3779B97F4A7C15) & _MASK64) >> 1
 
 
 @dataclass
@@ -162,6 +174,7 @@ class Session:
         self._model_target: int | None = None  # model-rate samples to emit in all, known at the end
         self._model_emitted = 0
         self._lead_in_left = geometry.lead_in_samples
+        self._last_ready_s = -float("inf")
         # the emitter holds one block while it waits for it: the queue holds the rest of max_blocks_in_flight
         self._queue: asyncio.Queue[_InFlight | None] = asyncio.Queue(maxsize=max(1, params.max_blocks_in_flight - 1))
         self._failure: Exception | None = None
@@ -244,8 +257,14 @@ class Session:
             cfg_rate=self.params.cfg_rate,
             seed=block_seed(self.params.seed, index),
         )
-        future = self.runner.submit(request)
-        await self._queue.put(_InFlight(index, future, self.clock()))
+        # The block's deadline counts from when its audio was complete, but never earlier than one block after
+        # the previous one: blocks pushed at once (the flush at the end, a client sending faster than real
+        # time) are due at the real-time pace, not all now (one block per session per batch).
+        now = self.clock()
+        ready_s = max(now, self._last_ready_s + self.stats.block_s)
+        self._last_ready_s = ready_s
+        future = self.runner.submit(request, ready_s)
+        await self._queue.put(_InFlight(index, future, now))
         self._raise_failure()
 
     async def _emit_loop(self) -> None:
