@@ -4,7 +4,9 @@
     L x [U-ViT skip in, x + Attn(RMSNorm(x)), x + SwiGLU(RMSNorm(x)), U-ViT skip out]
     h = adaptive RMSNorm(h; t1), drop the two prefix tokens, final MLP   -> (B, 80, T)
 
-Attention uses a key-padding mask from `x_lens` and interleaved-pair RoPE over positions 0…T+1. `DiT` holds the
+Attention uses a key-padding mask from `x_lens` and interleaved-pair RoPE over positions 0…T+1. For a sampler,
+`condition` prepares what its steps share (the prompt, content and style rows, mask, RoPE tables) once, and
+`velocity` can take x at only the frames it changes and return the velocity there alone. `DiT` holds the
 estimator as `estimator` so that its state dict keys equal the checkpoint's `net['cfm']` (`estimator.…`),
 including the keys the forward pass never uses (listed in `VelocityEstimator`).
 """
@@ -95,7 +97,7 @@ class AdaptiveNorm(nn.Module):
         self.norm = RMSNorm(dim)
 
     def forward(self, h: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
-        """h: (B, N, D), t1: (B, D) -> scale · RMSNorm(h) + shift, (B, N, D)."""
+        """h: (B, N, D), t1: (B or 1, D) -> scale · RMSNorm(h) + shift, (B, N, D)."""
         scale, shift = self.project_layer(t1)[:, None, :].chunk(2, dim=-1)
         return scale * self.norm(h) + shift
 
@@ -107,12 +109,30 @@ def rope_cos_sin(n_tokens: int, head_dim: int, device: torch.device) -> tuple[to
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2j, 2j+1). x: (B, H, N, head_dim); cos, sin: (N, head_dim // 2) -> like x."""
+@dataclass(frozen=True)
+class Rope:
+    """RoPE tables laid out per value: cos (N, head_dim) = [c_0, c_0, c_1, c_1, …] and sin (N, head_dim) =
+    [−s_0, s_0, −s_1, s_1, …], so that rotating adjacent pairs is x·cos + swap_pairs(x)·sin."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def for_tokens(cls, n_tokens: int, head_dim: int, device: torch.device) -> Rope:
+        cos, sin = rope_cos_sin(n_tokens, head_dim, device)
+        return cls(cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2))
+
+    def at(self, positions: torch.Tensor) -> Rope:
+        """The tables at positions (B, Q) int64, shaped (B, 1, Q, head_dim) to rotate (B, H, Q, head_dim)."""
+        return Rope(self.cos[positions][:, None], self.sin[positions][:, None])
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate adjacent pairs (2j, 2j+1): (a, b) -> (a·c − b·s, b·c + a·s), in float32. x: (B, H, N, head_dim)
+    with rope tables (N, head_dim) or (B, 1, N, head_dim) -> like x."""
     pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) per pair
+    return (x.float() * rope.cos + swapped * rope.sin).type_as(x)
 
 
 class Attention(nn.Module):
@@ -122,11 +142,17 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, z: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor) -> torch.Tensor:
-        """z: (B, N, D); key_mask: (B, 1, 1, N) bool, True = may be attended to -> (B, N, D)."""
+    def forward(self, z: torch.Tensor, rope: Rope, key_mask: torch.Tensor,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D); key_mask: (B, 1, 1, N) bool, True = may be attended to; queries: (B, Q) int64 token
+        positions whose output is wanted, or None for all -> (B, Q or N, D)."""
         q, k, v = (part.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for part in self.wqkv(z).chunk(3, dim=-1))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        if queries is None:
+            q = apply_rope(q, rope)
+        else:
+            q = apply_rope(torch.gather(q, 2, queries[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])),
+                           rope.at(queries))
+        attended = F.scaled_dot_product_attention(q, apply_rope(k, rope), v, attn_mask=key_mask)
         return self.wo(attended.transpose(1, 2).flatten(2))
 
 
@@ -155,13 +181,20 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = AdaptiveNorm(dim)
         self.skip_in_linear = nn.Linear(2 * dim, dim)
 
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor,
-                skip: torch.Tensor | None) -> torch.Tensor:
-        """h: (B, N, D), skip: (B, N, D) or None -> (B, N, D)."""
+    def forward(self, h: torch.Tensor, rope: Rope, key_mask: torch.Tensor,
+                skip: torch.Tensor | None, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, N, D), skip: (B, N, D) or None, queries: (B, Q) int64 or None -> (B, Q or N, D): the outputs
+        of the tokens at `queries` only (every token still serves as a key)."""
         if skip is not None:
             h = self.skip_in_linear(torch.cat([h, skip], dim=-1))
-        h = h + self.attention(self.attention_norm.norm(h), rope, key_mask)
+        attended = self.attention(self.attention_norm.norm(h), rope, key_mask, queries)
+        h = (h if queries is None else take_tokens(h, queries)) + attended
         return h + self.feed_forward(self.ffn_norm.norm(h))
+
+
+def take_tokens(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """h: (B, N, D), index: (B, Q) int64 -> (B, Q, D), h[b, index[b, q]]."""
+    return torch.gather(h, 1, index[:, :, None].expand(-1, -1, h.shape[2]))
 
 
 class Transformer(nn.Module):
@@ -171,17 +204,20 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config.hidden_dim, config.num_heads) for _ in range(config.depth))
         self.norm = AdaptiveNorm(config.hidden_dim)
 
-    def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """h: (B, N, D) tokens, t1: (B, D) time embedding, key_mask: (B, 1, 1, N) bool -> (B, N, D).
+    def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor, rope: Rope,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, N, D) tokens, t1: (B or 1, D) time embedding, key_mask: (B, 1, 1, N) bool, rope: tables for N tokens,
+        queries: (B, Q) int64 token positions or None -> (B, Q or N, D).
 
         U-ViT skips: layers i < L//2 store their output, layers i > L//2 take the latest stored one (LIFO).
+        Every layer but the last needs all tokens (they are the next layer's keys); the last one computes only
+        the `queries` (the sampler asks for the generated frames: a fifth of the tokens with a 3 s prompt).
         """
-        rope = rope_cos_sin(h.shape[1], self.head_dim, h.device)
-        half = len(self.layers) // 2
+        half, last = len(self.layers) // 2, len(self.layers) - 1
         stored: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             skip = stored.pop() if index > half else None
-            h = layer(h, rope, key_mask, skip)
+            h = layer(h, rope, key_mask, skip, queries if index == last else None)
             if index < half:
                 stored.append(h)
         return self.norm(h, t1)
@@ -210,6 +246,20 @@ class WeightNormLinearWeights(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
 
+@dataclass
+class Conditioning:
+    """`VelocityEstimator.condition`'s result, for the N = T + 2 tokens [time, style, frames].
+
+    base: (B, N, D) the tokens without the time embedding (row 0 zero) and without x's share of the frame rows;
+    valid: (B, T) bool, frame < x_lens; key_mask: (B, 1, 1, N) bool; rope: the tables for N tokens.
+    """
+
+    base: torch.Tensor
+    valid: torch.Tensor
+    key_mask: torch.Tensor
+    rope: Rope
+
+
 class VelocityEstimator(nn.Module):
     """The DiT itself. Unused, kept for strict loading: `x_embedder`, `cond_embedder`, `skip_linear`,
     `content_mask_embedder`, `input_pos`, the layers' norm `project_layer`s and `skip_in_linear` of layers ≤ L//2."""
@@ -236,13 +286,46 @@ class VelocityEstimator(nn.Module):
         x, prompt_x: (B, 80, T); x_lens: (B,) int64; t: (B,); style: (B, S); cond: (B, T, content_dim)
         -> (B, 80, T), zero in frames >= x_lens. A single t (0-dim or (1,)) applies to every item.
         """
-        t1 = self.t_embedder(t.reshape(-1).expand(x.shape[0]))
-        frames = self.cond_x_merge_linear(torch.cat([x.transpose(1, 2), prompt_x.transpose(1, 2),
-                                                     self.cond_projection(cond)], dim=-1))
-        tokens = torch.cat([t1[:, None, :], self.style_in(style)[:, None, :], frames], dim=1)
-        valid = torch.arange(x.shape[2], device=x.device) < x_lens[:, None]  # (B, T)
+        return self.velocity(x, t, self.condition(prompt_x, x_lens, style, cond))
+
+    def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor
+                  ) -> Conditioning:
+        """The inputs that stay fixed over a sampler's steps, prepared once: prompt_x (B, 80, T), x_lens (B,),
+        style (B, S), cond (B, T, content_dim). `cond_x_merge_linear` is split by its input blocks: the prompt
+        and content part (and the bias) is computed here, the x part at every step."""
+        n_mels = prompt_x.shape[1]
+        merge = self.cond_x_merge_linear
+        rows = F.linear(torch.cat([prompt_x.transpose(1, 2), self.cond_projection(cond)], dim=-1),
+                        merge.weight[:, n_mels:], merge.bias)
+        style_token = self.style_in(style)
+        base = torch.cat([torch.zeros_like(style_token)[:, None], style_token[:, None], rows], dim=1)
+        valid = torch.arange(prompt_x.shape[2], device=prompt_x.device) < x_lens[:, None]
         key_mask = F.pad(valid, (PREFIX_TOKENS, 0), value=True)[:, None, None, :]
-        h = self.transformer(tokens, t1, key_mask)[:, PREFIX_TOKENS:]
+        rope = Rope.for_tokens(base.shape[1], self.transformer.head_dim, base.device)
+        return Conditioning(base=base, valid=valid, key_mask=key_mask, rope=rope)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, conditioning: Conditioning,
+                 frames: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity at time t (B,) or one t for all, given the `condition`ed inputs.
+
+        Without `frames`: x (B, 80, T) -> (B, 80, T). With `frames` (B, Q) int64 in [0, T): x (B, 80, Q) is the
+        input at those frames and zero at every other -> the velocity at those frames, (B, 80, Q); the last layer
+        and the final MLP run on them alone. Zero at frames >= x_lens either way.
+        """
+        n_mels = x.shape[1]
+        t1 = self.t_embedder(t.reshape(-1))  # (B or 1, D): a single t is embedded once
+        x_rows = F.linear(x.transpose(1, 2), self.cond_x_merge_linear.weight[:, :n_mels])  # (B, T or Q, D)
+        tokens = conditioning.base.clone()
+        tokens[:, 0] = t1
+        if frames is None:
+            tokens[:, PREFIX_TOKENS:] += x_rows
+            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope)[:, PREFIX_TOKENS:]
+            valid = conditioning.valid
+        else:
+            queries = frames + PREFIX_TOKENS
+            tokens.scatter_add_(1, queries[:, :, None].expand(-1, -1, x_rows.shape[2]), x_rows)
+            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope, queries)
+            valid = torch.gather(conditioning.valid, 1, frames)
         return (self.final_mlp(h) * valid[:, :, None]).transpose(1, 2)
 
 

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from fastvc.model import weights
 from fastvc.model.audio import LogMel, kaldi_fbank, sinc_resample
 from fastvc.model.campplus import CAMPPlus
-from fastvc.model.cfm import euler_sample
+from fastvc.model.cfm import sample_generated
 from fastvc.model.dit import DiT
 from fastvc.model.hift import HiFTGenerator
 from fastvc.model.length_regulator import LengthRegulator
@@ -216,13 +216,12 @@ class SeedVCModel(nn.Module):
         prompt_mel = pad_sequence([v.prompt_mel.T for v in voices], batch_first=True)  # (B, P_max, n_mels)
         prompt_condition = pad_sequence([v.prompt_condition for v in voices], batch_first=True)  # (B, P_max, C)
         mu = after_prompt(prompt_condition, prompt_lens, cond)
-        noise = after_prompt(torch.zeros_like(prompt_mel), prompt_lens, torch.stack(list(z)).transpose(1, 2))
         style = torch.stack([v.style for v in voices])
         with self._autocast():
-            out = euler_sample(self.dit.estimator, mu, prompt_lens + target, prompt_mel.transpose(1, 2), prompt_lens,
-                               style, noise.transpose(1, 2), n_timesteps=diffusion_steps, cfg_rate=cfg_rate)
-        frame = prompt_lens[:, None] + torch.arange(target, device=self.device)  # (B, target)
-        return torch.gather(out.float(), 2, frame[:, None, :].expand(-1, out.shape[1], -1))
+            mel = sample_generated(self.dit.estimator, mu, prompt_lens + target, prompt_mel.transpose(1, 2),
+                                   prompt_lens, style, torch.stack(list(z)), n_timesteps=diffusion_steps,
+                                   cfg_rate=cfg_rate)
+        return mel.float()
 
     def vocode_slice(self, mel: torch.Tensor, noise: Sequence[BlockNoise], geometry: StreamGeometry
                      ) -> tuple[torch.Tensor, torch.Tensor]:
