@@ -217,21 +217,27 @@ class SourceModule(nn.Module):
         self.config = config
         self.l_linear = nn.Linear(config.n_harmonic_channels, 1)
 
-    def harmonics(self, f0: Tensor, phase: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, L)` -> sine_waves `(B, H+1, L)`, uv `(B, 1, L)`."""
+    def harmonics(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0) -> tuple[Tensor, Tensor]:
+        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, L)` -> sine_waves `(B, H+1, L)`, uv `(B, 1, L)`.
+
+        With `first_sample` k only samples k… of both come back, `(…, L − k)`: the phases still accumulate from
+        sample 0, so they equal the full result's samples k…."""
         cfg = self.config
         f0_samples = f0.repeat_interleave(cfg.samples_per_frame, dim=1).unsqueeze(1)  # (B, 1, L)
         harmonic_numbers = torch.arange(1, cfg.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
         increments = f0_samples * harmonic_numbers.view(1, -1, 1) / cfg.sampling_rate  # (B, H+1, L) cycles
-        theta = 2 * math.pi * torch.remainder(torch.cumsum(increments, dim=2), 1.0)
+        cycles = torch.cumsum(increments, dim=2)[:, :, first_sample:]
+        f0_samples, noise = f0_samples[:, :, first_sample:], noise[:, :, first_sample:]
+        theta = 2 * math.pi * torch.remainder(cycles, 1.0)
         sines = cfg.nsf_alpha * torch.sin(theta + phase)
         uv = (f0_samples > cfg.nsf_voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * (cfg.nsf_alpha / 3)
         return sines * uv + noise_amp * noise, uv
 
-    def forward(self, f0: Tensor, phase: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> source `(B, 1, L)`, sine_waves `(B, H+1, L)`, uv `(B, 1, L)`."""
-        sine_waves, uv = self.harmonics(f0, phase, noise)
+    def forward(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> source `(B, 1, L)`, sine_waves `(B, H+1, L)`, uv `(B, 1, L)`; from `first_sample` on (see `harmonics`)."""
+        sine_waves, uv = self.harmonics(f0, phase, noise, first_sample)
         source = torch.tanh(self.l_linear(sine_waves.transpose(1, 2))).transpose(1, 2)
         return source, sine_waves, uv
 
@@ -300,9 +306,10 @@ class HiFTGenerator(nn.Module):
         noise = torch.randn(batch, channels, n_frames * self.samples_per_frame, generator=generator, **like)
         return phase, noise
 
-    def source(self, f0: Tensor, phase: Tensor, noise: Tensor) -> Tensor:
-        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, U·T)` -> excitation `(B, 1, U·T)`."""
-        return self.m_source(f0, phase, noise)[0]
+    def source(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0) -> Tensor:
+        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, U·T)` -> excitation `(B, 1, U·T − first_sample)`:
+        the samples from `first_sample` on, equal to the whole block's (its phases accumulate from the start)."""
+        return self.m_source(f0, phase, noise, first_sample)[0]
 
     def source_stft(self, source: Tensor) -> Tensor:
         """Excitation `(B, 1, L)` -> `[real; imag]` `(B, n_fft+2, L/hop_len + 1)` (centred, periodic Hann)."""
@@ -352,6 +359,12 @@ class HiFTGenerator(nn.Module):
         """mel `(B, n_mels, T)`, excitation `(B, 1, U·T)` -> wav `(B, U·T)`."""
         return self.decode_stft(mel, self.source_stft(source))
 
+    def first_decoded_frame(self, n_frames: int, n_samples: int) -> int:
+        """The first of `n_frames` mel frames that the last `n_samples` of their decoded audio depend on."""
+        frame = self.samples_per_frame
+        first_needed_frame = (n_frames * frame - n_samples) // frame
+        return max(0, first_needed_frame - self.config.decoder_left_context_frames)
+
     def decode_last(self, mel: Tensor, source: Tensor, n_samples: int) -> Tensor:
         """The last `n_samples` of `decode(mel, source)`, from only the mel frames (and excitation) they depend on.
 
@@ -359,10 +372,13 @@ class HiFTGenerator(nn.Module):
         Pass the excitation of the whole block (its sine phases accumulate from the block's start). Agrees with
         `decode` to float rounding. mel `(B, n_mels, T)`, source `(B, 1, U·T)` -> `(B, n_samples)`.
         """
-        frame = self.samples_per_frame
-        first_needed_frame = (mel.shape[2] * frame - n_samples) // frame
-        first_frame = max(0, first_needed_frame - self.config.decoder_left_context_frames)
-        wav = self.decode(mel[:, :, first_frame:], source[:, :, first_frame * frame :])
+        first_frame = self.first_decoded_frame(mel.shape[2], n_samples)
+        return self.decode_from(mel, source[:, :, first_frame * self.samples_per_frame :], first_frame, n_samples)
+
+    def decode_from(self, mel: Tensor, source_tail: Tensor, first_frame: int, n_samples: int) -> Tensor:
+        """`decode_last` given only the excitation from `first_frame = first_decoded_frame(T, n_samples)` on
+        (`source(…, first_sample=first_frame·U)`, `(B, 1, U·(T − first_frame))`) -> `(B, n_samples)`."""
+        wav = self.decode(mel[:, :, first_frame:], source_tail)
         return wav[:, wav.shape[1] - n_samples :]
 
     def forward(self, mel: Tensor, generator: torch.Generator) -> Tensor:

@@ -227,14 +227,16 @@ class SeedVCModel(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """B7–B8: mel (B, n_mels, target) -> (wav_slice (B, return_samples), f0 (B, target)).
 
-        Only the vocoder output's tail that the slice reads is decoded (`HiFTGenerator.decode_last`)."""
+        Only the vocoder output's tail that the slice reads is decoded, and the excitation is made only for the
+        frames that tail depends on (`HiFTGenerator.first_decoded_frame`)."""
         with self._autocast():
             f0 = self.hift.predict_f0(mel).float()
         phase = torch.stack([n.hift_phase for n in noise]).to(self.device)
         source_noise = torch.stack([n.hift_noise for n in noise]).to(self.device)
-        source = self.hift.source(f0, phase, source_noise)
         n_samples = mel.shape[2] * self.hift.samples_per_frame
         window = geometry.vocoder_slice(n_samples)
+        first_frame = self.hift.first_decoded_frame(mel.shape[2], n_samples - window.start)
+        source = self.hift.source(f0, phase, source_noise, first_sample=first_frame * self.hift.samples_per_frame)
         with self._autocast():
-            tail = self.hift.decode_last(mel, source, n_samples - window.start).float()
+            tail = self.hift.decode_from(mel, source, first_frame, n_samples - window.start).float()
         return tail[:, : window.stop - window.start], f0
