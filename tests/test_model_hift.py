@@ -156,3 +156,18 @@ def test_the_excitation_made_from_the_first_decoded_frame_gives_the_same_tail(ra
     assert first_frame > 0  # the excitation really starts later
     assert torch.equal(source_tail, source[:, :, first_frame * frame :])  # phases accumulated from sample 0
     assert torch.equal(tail, expected)
+
+
+def test_kept_weight_norms_follow_loaded_weights() -> None:
+    model, fresh = small_generator(*LAYOUTS[0]), small_generator(*LAYOUTS[0])
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.mul_(1.1)
+    mel = torch.randn(1, 20, 6)
+    source = 0.1 * torch.randn(1, 1, 6 * model.samples_per_frame)
+    with torch.inference_mode():
+        before = model.decode(mel, source)  # keeps its weight norms
+        model.load_state_dict(fresh.state_dict())
+        after, expected = model.decode(mel, source), fresh.decode(mel, source)
+    assert torch.equal(after, expected)
+    assert not torch.allclose(before, after)

@@ -19,13 +19,15 @@ import torch.nn.functional as F
 class Estimator(Protocol):
     """What the sampler needs of the velocity estimator (`dit.VelocityEstimator`)."""
 
-    def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor
-                  ) -> Any:
-        """prompt_x (B, 80, T), x_lens (B,), style (B, S), cond (B, T, C) -> what every step reuses."""
+    def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor,
+                  frames: torch.Tensor) -> Any:
+        """prompt_x (B, 80, T), x_lens (B,), style (B, S), cond (B, T, C), frames (B, Q) -> what every step reuses."""
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, conditioning: Any, frames: torch.Tensor) -> torch.Tensor:
-        """x (B, 80, Q) at frames (B, Q) (zero at every other frame), t (B,) or one t for all -> velocity
-        (B, 80, Q) there."""
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """t (K,) -> the time embeddings (K, D)."""
+
+    def velocity(self, x: torch.Tensor, t1: torch.Tensor, conditioning: Any) -> torch.Tensor:
+        """x (B, 80, Q) at the conditioning's frames (zero at every other), t1 (1, D) -> velocity (B, 80, Q)."""
 
 
 def generated_frames(prompt_lens: torch.Tensor, x_lens: torch.Tensor, n_frames: int
@@ -67,6 +69,18 @@ def with_null_branch(prompt_x: torch.Tensor, style: torch.Tensor, mu: torch.Tens
             torch.cat([mu, torch.zeros_like(mu)]), torch.cat([x_lens, x_lens]))
 
 
+def euler_grid(n_timesteps: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The steps on linspace(0, 1, N+1): (the time at each step's start (N,), each step's dt), the time summed
+    up step by step in float32."""
+    grid = torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32, device=device)
+    steps = [grid[step] - grid[step - 1] for step in range(1, n_timesteps + 1)]
+    t, times = grid[0], []
+    for dt in steps:
+        times.append(t)
+        t = t + dt
+    return torch.stack(times), steps
+
+
 def euler_sample(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor,
                  prompt_lens: torch.Tensor, style: torch.Tensor, z: torch.Tensor, n_timesteps: int,
                  cfg_rate: float) -> torch.Tensor:
@@ -98,17 +112,15 @@ def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tenso
     if guided:
         prompt_x, style, mu, x_lens = with_null_branch(prompt_x, style, mu, x_lens)
         frames = torch.cat([frames, frames])
-    conditioning = estimator.condition(prompt_x, x_lens, style, mu)
-    grid = torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32, device=z_gen.device)
-    t = grid[0]
+    conditioning = estimator.condition(prompt_x, x_lens, style, mu, frames)
+    times, steps = euler_grid(n_timesteps, z_gen.device)
+    time_tokens = estimator.embed_time(times)  # every step's, in one pass
     x_gen = z_gen * keep
-    for step in range(1, n_timesteps + 1):
-        dt = grid[step] - grid[step - 1]
+    for step, dt in enumerate(steps):
         x_in = torch.cat([x_gen, x_gen]) if guided else x_gen
-        velocity = estimator.velocity(x_in, t, conditioning, frames)
+        velocity = estimator.velocity(x_in, time_tokens[step : step + 1], conditioning)
         if guided:
             cond_v, null_v = velocity.chunk(2)
             velocity = (1.0 + cfg_rate) * cond_v - cfg_rate * null_v
         x_gen = (x_gen + dt * velocity) * keep
-        t = t + dt
     return x_gen
