@@ -9,7 +9,6 @@ import pytest
 
 from fastvc.engine.base import BlockResult, EngineError
 from fastvc.engine.passthrough import PassthroughEngine
-from fastvc.stitcher import StitchThread
 from fastvc.session import Session, SessionParams, SessionState, SessionStateError, block_seed
 from fastvc.stream import StreamSettings
 
@@ -66,20 +65,12 @@ def _noise(n: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32)
 
 
-@pytest.mark.parametrize("threaded_sola", [False, True])
-async def test_output_is_the_input_aligned_sample_for_sample(threaded_sola):
+async def test_output_is_the_input_aligned_sample_for_sample():
     signal = _noise(GEOMETRY.block * 5 + 1234)
-    stitcher = StitchThread().start() if threaded_sola else None
-    sink = ListSink()
-    session = Session(SessionParams("s", 22050, 22050, seed=1), GEOMETRY, FakeRunner(), sink, stitcher=stitcher)
-    session.start()
-    try:
-        for start in range(0, signal.shape[0], 1000):
-            await session.feed(signal[start: start + 1000])
-        await session.finish()
-    finally:
-        if stitcher is not None:
-            stitcher.close()
+    session, sink = _session(FakeRunner())
+    for start in range(0, signal.shape[0], 1000):
+        await session.feed(signal[start: start + 1000])
+    await session.finish()
     np.testing.assert_allclose(sink.samples, signal, atol=1e-6)
     assert session.state is SessionState.COMPLETE
 

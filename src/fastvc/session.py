@@ -31,7 +31,7 @@ import structlog
 
 from fastvc.codec import StreamResampler
 from fastvc.engine.base import BlockRequest, BlockResult, EngineError
-from fastvc.stream import BlockStream, StitchResult, StreamGeometry
+from fastvc.stream import BlockStream, StreamGeometry
 
 LATENCY_WINDOW = 4096
 """Per-block latencies kept for the percentiles (about 12 minutes of 180 ms blocks)."""
@@ -57,10 +57,6 @@ class AudioSink(Protocol):
 
 class BlockSubmitter(Protocol):
     def submit(self, request: BlockRequest, ready_s: float | None = None) -> asyncio.Future[BlockResult]: ...
-
-
-class Stitcher(Protocol):
-    def stitch(self, stream: BlockStream, model_slice: np.ndarray) -> asyncio.Future[StitchResult]: ...
 
 
 class SessionObserver(Protocol):
@@ -157,10 +153,8 @@ class Session:
 
     def __init__(self, params: SessionParams, geometry: StreamGeometry, runner: BlockSubmitter, sink: AudioSink,
                  *, observer: SessionObserver | None = None, clock: Callable[[], float] = time.monotonic,
-                 logger=None, content_window: bool = True, stitcher: Stitcher | None = None) -> None:
-        """content_window: False when the engine never reads the 16 kHz window (skips step B3 per block).
-        stitcher: runs SOLA off the event loop (`fastvc.stitcher.StitchThread`); None: inline."""
-        self.stitcher = stitcher
+                 logger=None, content_window: bool = True) -> None:
+        """content_window: False when the engine never reads the 16 kHz window (skips step B3 per block)."""
         self.params = params
         self.geometry = geometry
         self.runner = runner
@@ -309,11 +303,7 @@ class Session:
             self.stats.blocks_failed += 1
             self.log.warning("block.failed", block_index=item.block_index, error=str(error))
         self.stats.compute_s_total += self.clock() - item.completed_at
-        if self.stitcher is not None:
-            stitched = await self.stitcher.stitch(self.stream, audio)
-        else:
-            stitched = self.stream.stitch(audio)
-        emitted = self._trim(stitched.out)
+        emitted = self._trim(self.stream.stitch(audio).out)
         await self._send(self.output_resampler.process(emitted))
         latency_s = self.clock() - item.completed_at
         self.stats.blocks += 1
