@@ -24,6 +24,7 @@ from fastvc.metrics import Metrics
 from fastvc.protocol import AuthFailed, InvalidConfig, Overloaded, ShuttingDown
 from fastvc.runner import EngineRunner
 from fastvc.session import AudioSink, Session, SessionParams
+from fastvc.stitcher import StitchThread
 
 
 class Service:
@@ -42,6 +43,7 @@ class Service:
         self.idle.set()
         self.codec_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.server.codec_threads, thread_name_prefix="fastvc-codec")
+        self.stitcher = StitchThread().start()  # SOLA of every session, off the event loop
         self._api_keys = [key.encode() for key in config.api_keys()]
 
     @property
@@ -109,7 +111,7 @@ class Service:
     def open_session(self, params: SessionParams, sink: AudioSink, logger) -> Session:
         recording = self.recorder.open(params.session_id) if self.recorder is not None else None
         session = Session(params, self.engine.geometry, self.runner, sink,
-                          content_window=self.engine.needs_content_window,
+                          content_window=self.engine.needs_content_window, stitcher=self.stitcher,
                           observer=SessionObserver(self.metrics, recording), logger=logger)
         session.start()
         self.metrics.sessions_total.inc()
@@ -122,6 +124,7 @@ class Service:
 
     def close(self) -> None:
         self.codec_executor.shutdown(wait=False, cancel_futures=True)
+        self.stitcher.close()
 
 
 class SessionObserver:

@@ -31,7 +31,7 @@ import structlog
 
 from fastvc.codec import StreamResampler
 from fastvc.engine.base import BlockRequest, BlockResult, EngineError
-from fastvc.stream import BlockStream, StreamGeometry
+from fastvc.stream import BlockStream, StitchResult, StreamGeometry
 
 LATENCY_WINDOW = 4096
 """Per-block latencies kept for the percentiles (about 12 minutes of 180 ms blocks)."""
@@ -57,6 +57,10 @@ class AudioSink(Protocol):
 
 class BlockSubmitter(Protocol):
     def submit(self, request: BlockRequest, ready_s: float | None = None) -> asyncio.Future[BlockResult]: ...
+
+
+class Stitcher(Protocol):
+    def stitch(self, stream: BlockStream, model_slice: np.ndarray) -> asyncio.Future[StitchResult]: ...
 
 
 class SessionObserver(Protocol):
@@ -153,8 +157,10 @@ class Session:
 
     def __init__(self, params: SessionParams, geometry: StreamGeometry, runner: BlockSubmitter, sink: AudioSink,
                  *, observer: SessionObserver | None = None, clock: Callable[[], float] = time.monotonic,
-                 logger=None, content_window: bool = True) -> None:
-        """content_window: False when the engine never reads the 16 kHz window (skips step B3 per block)."""
+                 logger=None, content_window: bool = True, stitcher: Stitcher | None = None) -> None:
+        """content_window: False when the engine never reads the 16 kHz window (skips step B3 per block).
+        stitcher: runs SOLA off the event loop (`fastvc.stitcher.StitchThread`); None: inline."""
+        self.stitcher = stitcher
         self.params = params
         self.geometry = geometry
         self.runner = runner
@@ -174,6 +180,7 @@ class Session:
         self._model_target: int | None = None  # model-rate samples to emit in all, known at the end
         self._model_emitted = 0
         self._lead_in_left = geometry.lead_in_samples
+        self._pace_start_s = float("inf")
         self._last_ready_s = -float("inf")
         # the emitter holds one block while it waits for it: the queue holds the rest of max_blocks_in_flight
         self._queue: asyncio.Queue[_InFlight | None] = asyncio.Queue(maxsize=max(1, params.max_blocks_in_flight - 1))
@@ -216,7 +223,7 @@ class Session:
             chunk = np.zeros(g.block, np.float32)
             taken = min(g.block, pending.shape[0])
             chunk[:taken], pending = pending[:taken], pending[taken:]
-            await self._submit(chunk)
+            await self._submit(chunk, flushing=True)
         await self._queue.put(None)
         await asyncio.shield(self._emitter)
         self._raise_failure()
@@ -244,7 +251,7 @@ class Session:
         if self._failure is not None:
             raise self._failure
 
-    async def _submit(self, chunk: np.ndarray) -> None:
+    async def _submit(self, chunk: np.ndarray, *, flushing: bool = False) -> None:
         block_input = self.stream.push_block(chunk)
         index = block_input.block_index
         request = BlockRequest(
@@ -257,11 +264,17 @@ class Session:
             cfg_rate=self.params.cfg_rate,
             seed=block_seed(self.params.seed, index),
         )
-        # The block's deadline counts from when its audio was complete, but never earlier than one block after
-        # the previous one: blocks pushed at once (the flush at the end, a client sending faster than real
-        # time) are due at the real-time pace, not all now (one block per session per batch).
+        # The block's deadline counts from when its audio was complete, but never earlier than the real-time
+        # pace allows (the scheduler runs one block per session per batch): the blocks of the final flush are
+        # due one block apart; a block that came early is due when the stream's pace says. The pace is anchored
+        # on the earliest start the arrivals imply, so one late message does not delay later deadlines.
         now = self.clock()
-        ready_s = max(now, self._last_ready_s + self.stats.block_s)
+        block_s = self.stats.block_s
+        if flushing:
+            ready_s = max(now, self._last_ready_s + block_s)
+        else:
+            self._pace_start_s = min(self._pace_start_s, now - index * block_s)
+            ready_s = max(now, self._pace_start_s + index * block_s)
         self._last_ready_s = ready_s
         future = self.runner.submit(request, ready_s)
         await self._queue.put(_InFlight(index, future, now))
@@ -296,7 +309,11 @@ class Session:
             self.stats.blocks_failed += 1
             self.log.warning("block.failed", block_index=item.block_index, error=str(error))
         self.stats.compute_s_total += self.clock() - item.completed_at
-        emitted = self._trim(self.stream.stitch(audio).out)
+        if self.stitcher is not None:
+            stitched = await self.stitcher.stitch(self.stream, audio)
+        else:
+            stitched = self.stream.stitch(audio)
+        emitted = self._trim(stitched.out)
         await self._send(self.output_resampler.process(emitted))
         latency_s = self.clock() - item.completed_at
         self.stats.blocks += 1
