@@ -274,7 +274,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--phase-spread-ms", type=float, default=0.0,
                         help="spread session phases uniformly over this (0: one block clock for all)")
     parser.add_argument("--max-batch-size", type=int, default=512)
-    parser.add_argument("--max-wait-ms", type=float, default=20.0)
+    parser.add_argument("--max-wait-ms", type=float, default=100.0,
+                        help="[scheduler] max_wait_ms (longer than the default 20: on a busy host the sessions' "
+                             "messages arrive spread over tens of ms, and a batch cut at 20 ms pays `a` twice)")
     parser.add_argument("--safety-margin-ms", type=float, default=5.0)
     parser.add_argument("--resolution", type=int, default=4, help="batched search stops within this many sessions")
     parser.add_argument("--first-probe", type=int, help="first session count tried (default: mid-range)")
