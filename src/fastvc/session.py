@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from fastvc.codec import StreamResampler
+from fastvc.codec import aligned_resamplers
 from fastvc.engine.base import BlockRequest, BlockResult, EngineError
 from fastvc.stream import BlockStream, StreamGeometry
 
@@ -164,8 +164,8 @@ class Session:
         self.log = logger or structlog.get_logger("fastvc.session").bind(session_id=params.session_id)
         self.state = SessionState.STREAMING
         self.stream = BlockStream(geometry, content_window=content_window)
-        self.input_resampler = StreamResampler(params.input_rate_hz, geometry.model_rate_hz)
-        self.output_resampler = StreamResampler(geometry.model_rate_hz, params.output_rate_hz)
+        self.input_resampler, self.output_resampler = aligned_resamplers(
+            params.input_rate_hz, geometry.model_rate_hz, params.output_rate_hz)
         self.stats = SessionStats(params.input_rate_hz, params.output_rate_hz,
                                   geometry.block / geometry.model_rate_hz, geometry.algorithmic_latency_s,
                                   started_at=clock())
