@@ -178,6 +178,22 @@ def test_steps_are_lowered_when_behind_never_below_the_floor_and_come_back():
     assert scheduler.steps_cut == 0
 
 
+def test_an_idle_server_admits_again_after_an_overload_and_runs_full_steps():
+    settings = SchedulerSettings(max_batch_size=4, max_wait_ms=0.0, min_diffusion_steps=4, overload_hold_s=2.0,
+                                 conceal_late_ms=1000.0)
+    scheduler = Scheduler(settings, forward_model=fitted(20.0, 0.5))
+    for k in range(3):  # behind: steps are cut, new sessions refused
+        scheduler.add("s", k, KEY, 10, ready_s=k * BLOCK_S)
+        assert scheduler.decide(k * BLOCK_S + 0.2).batch.late
+    assert scheduler.steps_cut > 0 and scheduler.is_overloaded(1.0)
+    # the load leaves; nothing runs any more, so no on-time batch could bring the steps back
+    assert scheduler.is_overloaded(2.0)  # still within the hold time
+    assert not scheduler.is_overloaded(5.0)
+    assert scheduler.steps_cut == 0
+    scheduler.add("t", 0, KEY, 10, ready_s=5.0)
+    assert scheduler.decide(5.0).batch.diffusion_steps == 10
+
+
 def test_admission_is_refused_after_concealment_for_the_hold_time():
     settings = SchedulerSettings(max_wait_ms=0.0, adaptive_steps=False, overload_hold_s=2.0)
     scheduler = Scheduler(settings, forward_model=fitted(20.0, 0.5))

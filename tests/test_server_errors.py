@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 
 import numpy as np
 import pytest
 import structlog
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from serverkit import (SessionResult, collect, opus_packets, pcm16, run_session, running_server, speech,
                        split_bytes, make_config, ws_url)
@@ -148,3 +151,49 @@ async def test_overloaded_server_refuses_with_1013():
             await first.recv()  # ready
             second = await _exchange(ws_url(server), [])
     assert second.error["error_code"] == "OVERLOADED" and second.close_code == 1013
+
+
+async def _flood_until_closed(url: str, messages: list[str | bytes]) -> tuple[SessionResult, float]:
+    """Send `messages`, then 20 ms audio frames back to back, never stopping to wait, until the server closes.
+
+    Returns what the server sent and the seconds from its last text message (error or complete) to the close.
+    """
+    result, last_text_at = SessionResult(), []
+
+    async def read(ws) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                if isinstance(message, str):
+                    last_text_at.append(time.monotonic())
+                    fields = json.loads(message)
+                    setattr(result, fields["type"], fields)  # ready, error or complete
+
+    frame = b"\x00\x00" * 320
+    async with connect(url, max_size=None, compression=None, close_timeout=30) as ws:
+        reader = asyncio.create_task(read(ws))
+        for message in messages:
+            await ws.send(message)
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.send(frame)
+        await asyncio.wait_for(reader, 30)
+        await ws.wait_closed()
+        closed_at = time.monotonic()
+    result.close_code = ws.close_code
+    return result, closed_at - last_text_at[-1]
+
+
+@pytest.mark.parametrize("ending", ["error", "complete"])
+async def test_a_client_that_keeps_sending_is_closed_promptly(ending):
+    """The server reads (and drops) what a client still sends while closing: a full receive queue would hide
+    the client's close frame until the close timeout (10 s)."""
+    audio = b"\x00\x00" * 1600
+    last = b"\x00" * 641 if ending == "error" else json.dumps({"type": "end"})
+    async with running_server() as server:
+        result, close_s = await _flood_until_closed(ws_url(server), [json.dumps(PCM), audio, last])
+        assert server.service.active_sessions == 0
+    if ending == "error":
+        assert result.error["error_code"] == "INVALID_AUDIO" and result.close_code == 1007
+    else:
+        assert result.complete is not None and result.close_code == 1000
+    assert close_s < 2.0

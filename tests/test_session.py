@@ -159,13 +159,27 @@ async def test_a_sink_failure_reaches_the_caller():
     await session.abort()
 
 
-async def test_blocks_pushed_at_once_are_due_at_the_real_time_pace():
-    """The flush at the end (and a client faster than real time) must not make every block due now:
-    the scheduler runs one block per session per batch, so their deadlines are spaced one block apart."""
+async def test_the_blocks_of_the_final_flush_are_due_at_the_real_time_pace():
+    """The flush at the end must not make every block due now: the scheduler runs one block per session per
+    batch, so their deadlines are spaced one block apart."""
     runner = FakeRunner()
     session, _ = _session(runner)
     await session.feed(_noise(GEOMETRY.block * 3))
     await session.finish()
     block_s = GEOMETRY.block / GEOMETRY.model_rate_hz
-    gaps = np.diff(runner.ready_s)
-    assert len(runner.ready_s) >= 4 and np.all(gaps >= block_s - 1e-9)
+    flush_gaps = np.diff(runner.ready_s[2:])  # from the last block fed to each block of the flush
+    assert len(runner.ready_s) >= 4 and np.all(flush_gaps >= block_s - 1e-9)
+
+
+async def test_one_late_message_does_not_delay_the_deadlines_after_it():
+    now = [0.0]
+    runner = FakeRunner()
+    sink = ListSink()
+    session = Session(SessionParams("s", 22050, 22050), GEOMETRY, runner, sink, clock=lambda: now[0])
+    session.start()
+    block_s = GEOMETRY.block / GEOMETRY.model_rate_hz
+    for k, delay_s in enumerate([0.0, 0.0, 0.05, 0.0, 0.0]):  # message 2 arrives 50 ms late
+        now[0] = k * block_s + delay_s
+        await session.feed(_noise(GEOMETRY.block, seed=k))
+    np.testing.assert_allclose(runner.ready_s, [0.0, block_s, 2 * block_s + 0.05, 3 * block_s, 4 * block_s])
+    await session.abort()

@@ -35,6 +35,7 @@ Overload policy (latency never grows without bound)
    exceeds about `block + conceal_late_ms + one forward pass`, however deep the overload.
 3. Admission control. `is_overloaded(now_s)` is true while steps are degraded, or within `overload_hold_s` of
    a late batch or a concealed block; the server then refuses new sessions (OVERLOADED, close code 1013).
+   Once idle (nothing pending, no session active) past the hold time, full steps come back and it admits.
 """
 
 from __future__ import annotations
@@ -449,8 +450,18 @@ class Scheduler:
     # ---- admission ----------------------------------------------------------------------------------------
 
     def is_overloaded(self, now_s: float) -> bool:
-        """Step 3 of the overload policy: should the server refuse new sessions now?"""
-        return self.steps_cut > 0 or now_s - self._last_trouble_s < self.settings.overload_hold_s
+        """Step 3 of the overload policy: should the server refuse new sessions now?
+
+        An idle scheduler (nothing pending, no session active in the last two block periods) is never behind:
+        once `overload_hold_s` has passed since the last trouble, it restores full steps and admits again.
+        Otherwise steps cut under load would only come back through on-time batches, which an idle server
+        never runs, and it would refuse every new session for good.
+        """
+        if now_s - self._last_trouble_s < self.settings.overload_hold_s:
+            return True
+        if self.steps_cut > 0 and self.pending == 0 and self._active_sessions(now_s) == 0:
+            self.steps_cut, self._on_time_streak = 0, 0
+        return self.steps_cut > 0
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and fit, for logs and stats."""

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from fastvc.codec import StreamResampler
+from fastvc.codec import aligned_resamplers
 from fastvc.engine.base import BlockRequest, BlockResult, EngineError
 from fastvc.stream import BlockStream, StreamGeometry
 
@@ -164,8 +164,8 @@ class Session:
         self.log = logger or structlog.get_logger("fastvc.session").bind(session_id=params.session_id)
         self.state = SessionState.STREAMING
         self.stream = BlockStream(geometry, content_window=content_window)
-        self.input_resampler = StreamResampler(params.input_rate_hz, geometry.model_rate_hz)
-        self.output_resampler = StreamResampler(geometry.model_rate_hz, params.output_rate_hz)
+        self.input_resampler, self.output_resampler = aligned_resamplers(
+            params.input_rate_hz, geometry.model_rate_hz, params.output_rate_hz)
         self.stats = SessionStats(params.input_rate_hz, params.output_rate_hz,
                                   geometry.block / geometry.model_rate_hz, geometry.algorithmic_latency_s,
                                   started_at=clock())
@@ -174,6 +174,7 @@ class Session:
         self._model_target: int | None = None  # model-rate samples to emit in all, known at the end
         self._model_emitted = 0
         self._lead_in_left = geometry.lead_in_samples
+        self._pace_start_s = float("inf")
         self._last_ready_s = -float("inf")
         # the emitter holds one block while it waits for it: the queue holds the rest of max_blocks_in_flight
         self._queue: asyncio.Queue[_InFlight | None] = asyncio.Queue(maxsize=max(1, params.max_blocks_in_flight - 1))
@@ -216,7 +217,7 @@ class Session:
             chunk = np.zeros(g.block, np.float32)
             taken = min(g.block, pending.shape[0])
             chunk[:taken], pending = pending[:taken], pending[taken:]
-            await self._submit(chunk)
+            await self._submit(chunk, flushing=True)
         await self._queue.put(None)
         await asyncio.shield(self._emitter)
         self._raise_failure()
@@ -244,7 +245,7 @@ class Session:
         if self._failure is not None:
             raise self._failure
 
-    async def _submit(self, chunk: np.ndarray) -> None:
+    async def _submit(self, chunk: np.ndarray, *, flushing: bool = False) -> None:
         block_input = self.stream.push_block(chunk)
         index = block_input.block_index
         request = BlockRequest(
@@ -257,11 +258,17 @@ class Session:
             cfg_rate=self.params.cfg_rate,
             seed=block_seed(self.params.seed, index),
         )
-        # The block's deadline counts from when its audio was complete, but never earlier than one block after
-        # the previous one: blocks pushed at once (the flush at the end, a client sending faster than real
-        # time) are due at the real-time pace, not all now (one block per session per batch).
+        # The block's deadline counts from when its audio was complete, but never earlier than the real-time
+        # pace allows (the scheduler runs one block per session per batch): the blocks of the final flush are
+        # due one block apart; a block that came early is due when the stream's pace says. The pace is anchored
+        # on the earliest start the arrivals imply, so one late message does not delay later deadlines.
         now = self.clock()
-        ready_s = max(now, self._last_ready_s + self.stats.block_s)
+        block_s = self.stats.block_s
+        if flushing:
+            ready_s = max(now, self._last_ready_s + block_s)
+        else:
+            self._pace_start_s = min(self._pace_start_s, now - index * block_s)
+            ready_s = max(now, self._pace_start_s + index * block_s)
         self._last_ready_s = ready_s
         future = self.runner.submit(request, ready_s)
         await self._queue.put(_InFlight(index, future, now))

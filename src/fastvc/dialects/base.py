@@ -1,4 +1,4 @@
-"""One connection driver for the serializer dialects (Twilio, binary L16, fast-vc-service's simple protocol).
+"""One connection driver for every dialect (native, Twilio, binary L16, fast-vc-service's simple protocol).
 
     transport message --serializer.receive--> ConfigEvent | AudioEvent | EndEvent | None (nothing to do)
     ConfigEvent -> authenticate, decoder/encoder by wire name, Service.open_session, serializer.ready()
@@ -64,6 +64,22 @@ def limits_of(service: Service) -> ProtocolLimits:
 
 def truncate_reason(text: str) -> str:
     return text.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+async def close_discarding(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close, discarding what the client still sends (audio, Twilio's mark echoes...): a full receive queue
+    would pause reading and hide the client's close frame until websockets' close timeout (10 s)."""
+    discard = asyncio.create_task(_discard_incoming(connection))
+    try:
+        await connection.close(code, truncate_reason(reason))
+    finally:
+        discard.cancel()
+
+
+async def _discard_incoming(connection: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await connection.recv()
 
 
 class SerializerSink:
@@ -204,18 +220,7 @@ class SerializedConnection:
         await self._close(1000, "complete")
 
     async def _close(self, code: int, reason: str) -> None:
-        """Close, discarding what the client still sends (Twilio's mark echoes...): a full receive queue would
-        pause reading and hide the client's close frame until the close timeout."""
-        discard = asyncio.create_task(self._discard_incoming())
-        try:
-            await self.connection.close(code, truncate_reason(reason))
-        finally:
-            discard.cancel()
-
-    async def _discard_incoming(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await self.connection.recv()
+        await close_discarding(self.connection, code, reason)
 
     async def _refuse(self, error: ProtocolError, *, logged: bool = False) -> None:
         """Tell the client why (in its dialect), count it, close with the error's code."""

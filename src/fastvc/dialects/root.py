@@ -17,6 +17,7 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from fastvc.dialects.base import close_discarding
 from fastvc.dialects.native import serve_native
 from fastvc.dialects.simple import is_simple_start, serve_simple
 from fastvc.protocol import ProtocolError, SessionTimeout, error_message
@@ -72,4 +73,4 @@ async def _refuse(service, connection: ServerConnection, error: ProtocolError) -
     log.warning("session.error", error_code=error.error_code, message=str(error))
     with contextlib.suppress(ConnectionClosed):
         await connection.send(error_message(error))
-        await connection.close(error.close_code, error.error_code)
+        await close_discarding(connection, error.close_code, error.error_code)

@@ -61,8 +61,10 @@ underruns
     time. When the audio it needs has not arrived, it has run dry: one underrun; it then waits for the next
     message and buffers `jitter_buffer_s` again before resuming (the stall time is summed). Running out
     after the last message of the stream is the end, not an underrun. fastvc's first message carries one
-    block minus the lead-in (100 ms by default) and the next comes one block (180 ms) later, so even an
-    ideal fastvc stream needs a buffer above the lead-in (80 ms): the load generator's default is 100 ms.
+    block minus the lead-in (100 ms by default) minus its output resampler's filter delay (about 11 ms when
+    the output rate is not 22.05 kHz), and the next comes one block (180 ms) later, so even an ideal fastvc
+    stream needs a buffer above the lead-in plus that delay (about 91 ms): the load generator's default is
+    100 ms, which leaves about 9 ms for jitter before the one underrun at the start.
 """
 
 from __future__ import annotations
