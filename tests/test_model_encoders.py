@@ -11,7 +11,7 @@ from fastvc.model.audio import kaldi_fbank
 from fastvc.model.campplus import CAMPPlus
 from fastvc.model.check import check_file
 from fastvc.model.oracle_runners.encoders import keys_campplus, keys_wav2vec2, load_campplus_weights
-from fastvc.model.wav2vec2 import (Wav2Vec2Config, Wav2Vec2Encoder, conv_output_frames,
+from fastvc.model.wav2vec2 import (Wav2Vec2Config, Wav2Vec2Encoder, channel_layer_norm, conv_output_frames,
                                    convert_hub_state_dict, split_checkpoint)
 
 ENCODER_FIXTURES = ["campplus-t250", "campplus-b2-t120", "wav2vec2-b1", "wav2vec2-b2"]
@@ -77,6 +77,14 @@ def test_wav2vec2_items_are_normalised_and_encoded_independently():
         torch.testing.assert_close(batched[b], model(wav[b:b + 1])[0], atol=1e-4, rtol=0)
     # per-item normalisation: the level of an item does not change its features
     torch.testing.assert_close(model(wav[1:2]), model(wav[1:2] * 8.0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [8, 64])
+def test_conv_layer_norm_of_narrow_and_wide_layers_equals_layer_norm_over_channels(channels):
+    norm = randomised(torch.nn.LayerNorm(channels, eps=1e-5))
+    x = 3.0 + torch.randn(2, channels, 50, generator=torch.Generator().manual_seed(4))
+    expected = torch.nn.functional.layer_norm(x.transpose(1, 2), (channels,), norm.weight, norm.bias, 1e-5)
+    torch.testing.assert_close(channel_layer_norm(x, norm), expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_wav2vec2_uses_only_the_first_output_layer_layers():

@@ -30,10 +30,10 @@ FFN_MULTIPLE = 256
 PREFIX_TOKENS = 2  # time token, style token
 
 
-def ffn_width(dim: int) -> int:
-    """SwiGLU inner width: int(8·dim/3) rounded up to a multiple of 256 (1024 for dim 384)."""
+def ffn_width(dim: int, multiple: int = FFN_MULTIPLE) -> int:
+    """SwiGLU inner width: int(8·dim/3) rounded up to a multiple of `multiple` (256: 1024 for dim 384)."""
     width = int(8 * dim / 3)
-    return -(-width // FFN_MULTIPLE) * FFN_MULTIPLE
+    return -(-width // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class DiTConfig:
     content_dim: int
     content_codebook_size: int
     style_dim: int
+    ffn_multiple: int = FFN_MULTIPLE  # fastvc's small presets only (key `ffn_multiple`); official configs: 256
 
     @property
     def head_dim(self) -> int:
@@ -60,7 +61,8 @@ class DiTConfig:
         check_supported(dit)
         return cls(hidden_dim=dit["hidden_dim"], num_heads=dit["num_heads"], depth=dit["depth"],
                    in_channels=dit["in_channels"], content_dim=dit["content_dim"],
-                   content_codebook_size=dit["content_codebook_size"], style_dim=model_params["style_encoder"]["dim"])
+                   content_codebook_size=dit["content_codebook_size"], style_dim=model_params["style_encoder"]["dim"],
+                   ffn_multiple=dit.get("ffn_multiple", FFN_MULTIPLE))
 
 
 SUPPORTED_FLAGS = {"time_as_token": True, "style_as_token": True, "uvit_skip_connection": True,
@@ -179,9 +181,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, inner: int) -> None:
         super().__init__()
-        inner = ffn_width(dim)
         self.w1 = nn.Linear(dim, inner, bias=False)
         self.w3 = nn.Linear(dim, inner, bias=False)
         self.w2 = nn.Linear(inner, dim, bias=False)
@@ -195,10 +196,10 @@ class TransformerBlock(nn.Module):
     """Pre-norm attention and SwiGLU. `skip_in_linear` (2D -> D) merges a U-ViT skip in receiving layers; every
     layer stores it. The norms' `project_layer`s are unused here."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, ffn_inner: int) -> None:
         super().__init__()
         self.attention = Attention(dim, num_heads)
-        self.feed_forward = FeedForward(dim)
+        self.feed_forward = FeedForward(dim, ffn_inner)
         self.attention_norm = AdaptiveNorm(dim)
         self.ffn_norm = AdaptiveNorm(dim)
         self.skip_in_linear = nn.Linear(2 * dim, dim)
@@ -218,7 +219,9 @@ class Transformer(nn.Module):
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.head_dim, self.num_heads = config.head_dim, config.num_heads
-        self.layers = nn.ModuleList(TransformerBlock(config.hidden_dim, config.num_heads) for _ in range(config.depth))
+        inner = ffn_width(config.hidden_dim, config.ffn_multiple)
+        self.layers = nn.ModuleList(TransformerBlock(config.hidden_dim, config.num_heads, inner)
+                                    for _ in range(config.depth))
         self.norm = AdaptiveNorm(config.hidden_dim)
 
     def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor, rope: Rope,

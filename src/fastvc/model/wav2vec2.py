@@ -122,8 +122,24 @@ class ConvLayer(nn.Module):
         self.act = activation(config.feat_extract_activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(self.conv(x).transpose(1, 2)).transpose(1, 2)
-        return self.act(x)
+        return self.act(channel_layer_norm(self.conv(x), self.layer_norm))
+
+
+NARROW_CHANNELS = 32
+
+
+def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """`norm` over the channels of every frame: (B, C, L) -> (B, C, L).
+
+    Fewer than NARROW_CHANNELS channels are normalised along dim 1 directly: `F.layer_norm` vectorises along the
+    normalised axis, and over 8 channels of the transposed view it took 2.4 ms where this takes 0.5 (8 × 8831
+    frames, 8 items, one CPU thread). Wider layers (the real model's 512) go through `norm` itself.
+    """
+    if x.shape[1] >= NARROW_CHANNELS:
+        return norm(x.transpose(1, 2)).transpose(1, 2)
+    centred = x - x.mean(dim=1, keepdim=True)
+    normed = centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + norm.eps)
+    return normed * norm.weight[:, None] + norm.bias[:, None]
 
 
 class FeatureEncoder(nn.Module):
