@@ -130,10 +130,11 @@ def test_velocity_at_some_frames_equals_the_full_velocity_there(depth: int) -> N
     assert at[:, :, :3].abs().min() > 0
 
 
+@pytest.mark.parametrize(("prompt_lens", "x_lens"), [([12, 5, 9], [28, 19, 24]), ([5, 20, 9], [25, 24, 12])])
 @pytest.mark.parametrize("cfg_rate", [0.0, 0.7])
-def test_sampler_item_alone_equals_item_in_batch_with_other_prompt_lengths(cfg_rate: float) -> None:
+def test_sampler_item_alone_equals_item_in_batch_with_other_prompt_lengths(cfg_rate: float, prompt_lens: list[int],
+                                                                           x_lens: list[int]) -> None:
     dit = seeded(DiT.from_config(SMALL_PARAMS), seed=4)
-    prompt_lens, x_lens = [12, 5, 9], [28, 19, 24]
     n_frames, p_max = max(x_lens), max(prompt_lens)
     mu, z = torch.randn(3, n_frames, 24), torch.randn(3, 80, n_frames)
     prompt, style = torch.randn(3, 80, p_max), torch.randn(3, 12)

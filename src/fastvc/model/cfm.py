@@ -21,7 +21,8 @@ class Estimator(Protocol):
 
     def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor,
                   frames: torch.Tensor) -> Any:
-        """prompt_x (B, 80, T), x_lens (B,), style (B, S), cond (B, T, C), frames (B, Q) -> what every step reuses."""
+        """prompt_x (B, 80, T), x_lens (B,), style (B, S), cond (B, T, C), frames (B, Q) distinct per item
+        -> what every step reuses."""
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """t (K,) -> the time embeddings (K, D)."""
@@ -30,16 +31,15 @@ class Estimator(Protocol):
         """x (B, 80, Q) at the conditioning's frames (zero at every other), t1 (1, D) -> velocity (B, 80, Q)."""
 
 
-def generated_frames(prompt_lens: torch.Tensor, x_lens: torch.Tensor, n_frames: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def generated_frames(prompt_lens: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each item's generated part lies: (frames (B, G) int64, keep (B, 1, G) bool), G = max(x_lens − P).
 
-    frames[b, g] = P_b + g (clamped into [0, n_frames)); keep[b, 0, g] is True for g < x_lens[b] − P_b.
+    frames[b, g] = P_b + g, up to max(P) + G − 1 (past x_lens[b] for a shorter item: padding); keep[b, 0, g] is
+    True for g < x_lens[b] − P_b.
     """
     gen_lens = x_lens - prompt_lens
     offset = torch.arange(int(gen_lens.max()), device=x_lens.device)
-    frames = (prompt_lens[:, None] + offset).clamp(max=n_frames - 1)
-    return frames, (offset < gen_lens[:, None])[:, None, :]
+    return prompt_lens[:, None] + offset, (offset < gen_lens[:, None])[:, None, :]
 
 
 def place_generated(x_gen: torch.Tensor, prompt_lens: torch.Tensor, keep: torch.Tensor, n_frames: int
@@ -90,10 +90,11 @@ def euler_sample(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tensor, p
     valid in [0, prompt_lens[b]); style: (B, S); z: (B, 80, T) starting noise.
     Returns (B, 80, T), full length: zero in each item's prompt region [0, P_b) and from x_lens[b] on.
     """
-    frames, keep = generated_frames(prompt_lens, x_lens, z.shape[2])
+    frames, keep = generated_frames(prompt_lens, x_lens)
+    z = F.pad(z, (0, max(0, int(frames.max()) + 1 - z.shape[2])))
     x_gen = sample_generated(estimator, mu, x_lens, prompt, prompt_lens, style,
                              torch.gather(z, 2, frames[:, None, :].expand(-1, z.shape[1], -1)), n_timesteps, cfg_rate)
-    return place_generated(x_gen, prompt_lens, keep, z.shape[2])
+    return place_generated(x_gen, prompt_lens, keep, mu.shape[1])
 
 
 def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor,
@@ -105,8 +106,9 @@ def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tenso
     Only the generated frames change (the prompt region is zeroed after every step), so the estimator is asked
     for their velocity alone; it still sees every frame of [prompt | generated] as keys.
     """
-    n_frames = mu.shape[1]
-    frames, keep = generated_frames(prompt_lens, x_lens, n_frames)
+    frames, keep = generated_frames(prompt_lens, x_lens)
+    n_frames = max(mu.shape[1], int(frames.max()) + 1)  # a short item's padding frames may reach past T
+    mu = F.pad(mu, (0, 0, 0, n_frames - mu.shape[1]))
     prompt_x = place_prompt(prompt, prompt_lens, n_frames)
     guided = cfg_rate > 0
     if guided:

@@ -5,8 +5,9 @@
     h = adaptive RMSNorm(h; t1), drop the two prefix tokens, final MLP   -> (B, 80, T)
 
 Attention uses a key-padding mask from `x_lens` and interleaved-pair RoPE over positions 0…T+1. For a sampler,
-`condition` prepares what its steps share (the prompt, content and style rows, mask, RoPE tables, the frames it
-changes) once, and `velocity` then takes x at only those frames and returns the velocity there alone. `DiT` holds the
+`condition` prepares once what its steps share (the prompt, content and style tokens, the first layer's keys and
+values of every frame the sampler never changes, masks, RoPE tables) and `velocity` then takes x at only the
+frames it changes and returns the velocity there alone. `DiT` holds the
 estimator as `estimator` so that its state dict keys equal the checkpoint's `net['cfm']` (`estimator.…`),
 including the keys the forward pass never uses (listed in `VelocityEstimator`).
 """
@@ -115,49 +116,32 @@ def rope_cos_sin(n_tokens: int, head_dim: int, device: torch.device) -> tuple[to
 
 @dataclass(frozen=True)
 class Rope:
-    """RoPE tables laid out per value: cos (N, head_dim) = [c_0, c_0, c_1, c_1, …] and sin (N, head_dim) =
-    [−s_0, s_0, −s_1, s_1, …], so that rotating adjacent pairs is x·cos + swap_pairs(x)·sin."""
+    """RoPE as complex turns: (…, N, head_dim // 2) complex64, cos + i·sin of each token's angles. Rotating the
+    adjacent pair (a, b) is multiplying a + i·b by its turn: (a·c − b·s, a·s + b·c), one op for q and k."""
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    turns: torch.Tensor
 
     @classmethod
     def for_tokens(cls, n_tokens: int, head_dim: int, device: torch.device) -> Rope:
-        cos, sin = rope_cos_sin(n_tokens, head_dim, device)
-        return cls(cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2))
+        """Turns (n_tokens, head_dim // 2) for positions 0 … n_tokens − 1."""
+        return cls(torch.complex(*rope_cos_sin(n_tokens, head_dim, device)))
 
     def at(self, positions: torch.Tensor) -> Rope:
-        """The tables at positions (B, Q) int64, shaped (B, 1, Q, head_dim) to rotate (B, H, Q, head_dim)."""
-        return Rope(self.cos[positions][:, None], self.sin[positions][:, None])
+        """The turns at positions (B, N) int64: (B, N, head_dim // 2)."""
+        return Rope(self.turns[positions])
+
+    def rows(self, start: int, stop: int | None = None) -> Rope:
+        """Turns of the tokens start … stop − 1 (along the token axis, −2)."""
+        return Rope(self.turns[..., start:stop, :])
 
 
 def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Rotate adjacent pairs (2j, 2j+1): (a, b) -> (a·c − b·s, b·c + a·s), in float32. x: (B, H, N, head_dim)
-    with rope tables (N, head_dim) or (B, 1, N, head_dim) -> like x."""
-    x32 = x.float()
-    pairs = x32.unflatten(-1, (-1, 2))
-    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) per pair
-    return (x32 * rope.cos + swapped * rope.sin).type_as(x)
-
-
-@dataclass(frozen=True)
-class Queries:
-    """The token positions whose outputs a pass computes, with the index views that gather them, made once.
-
-    rows: (B, Q, D) int64, each position repeated over the width (gathers h, scatters x's rows); heads:
-    (B, H, Q, head_dim) int64, the same over heads (gathers q); rope: the RoPE tables there.
-    """
-
-    rows: torch.Tensor
-    heads: torch.Tensor
-    rope: Rope
-
-    @classmethod
-    def at(cls, positions: torch.Tensor, dim: int, num_heads: int, rope: Rope) -> Queries:
-        """positions: (B, Q) int64 token positions; rope: the tables of every token."""
-        return cls(rows=positions[:, :, None].expand(-1, -1, dim),
-                   heads=positions[:, None, :, None].expand(-1, num_heads, -1, dim // num_heads),
-                   rope=rope.at(positions))
+    """Rotate adjacent pairs (2j, 2j+1) in float32. x: (…, N, heads, head_dim), turns (…, N, head_dim // 2)
+    -> like x (contiguous)."""
+    x32 = x if x.dtype == torch.float32 else x.float()
+    pairs = torch.view_as_complex(x32.unflatten(-1, (-1, 2)))  # (…, N, heads, head_dim // 2)
+    rotated = torch.view_as_real(pairs * rope.turns[..., None, :]).flatten(-2)
+    return rotated if x.dtype == torch.float32 else rotated.type_as(x)
 
 
 class Attention(nn.Module):
@@ -167,17 +151,32 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, z: torch.Tensor, rope: Rope, key_mask: torch.Tensor, queries: Queries | None = None
-                ) -> torch.Tensor:
-        """z: (B, N, D); key_mask: (B, 1, 1, N) bool, True = may be attended to; queries: the Q tokens whose
-        output is wanted, or None for all -> (B, Q or N, D)."""
-        q, k, v = self.wqkv(z).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        if queries is None:
-            q = apply_rope(q, rope)
-        else:
-            q = apply_rope(torch.gather(q, 2, queries.heads), queries.rope)
-        attended = F.scaled_dot_product_attention(q, apply_rope(k, rope), v, attn_mask=key_mask)
+    def project(self, z: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z: (B, N, D) normed tokens -> q, k, v (B, H, N, head_dim), q and k rotated by `rope`."""
+        qkv = self.wqkv(z)
+        dim = qkv.shape[-1] // 3
+        qk = apply_rope(qkv[..., : 2 * dim].unflatten(-1, (2 * self.num_heads, -1)), rope)  # (B, N, 2H, hd)
+        q, k = qk.transpose(1, 2).chunk(2, dim=1)
+        return q, k, qkv[..., 2 * dim :].unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """q: (B, H, Q, hd), k, v: (B, H, N, hd), key_mask: (B, 1, 1, N) bool, True = may be attended to
+        -> (B, Q, D)."""
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.wo(attended.transpose(1, 2).flatten(2))
+
+
+@dataclass(frozen=True)
+class FixedKeys:
+    """The first layer's view of the fixed tokens (their input never changes between sampler steps), made once.
+
+    tokens: (B, F, D) its input; q (or None when the first layer is also the last), k, v: (B, H, F, head_dim).
+    """
+
+    tokens: torch.Tensor
+    q: torch.Tensor | None
+    k: torch.Tensor
+    v: torch.Tensor
 
 
 class FeedForward(nn.Module):
@@ -205,13 +204,34 @@ class TransformerBlock(nn.Module):
         self.skip_in_linear = nn.Linear(2 * dim, dim)
 
     def forward(self, h: torch.Tensor, rope: Rope, key_mask: torch.Tensor, skip: torch.Tensor | None,
-                queries: Queries | None = None) -> torch.Tensor:
-        """h: (B, N, D), skip: (B, N, D) or None -> (B, Q or N, D): with `queries` the outputs of those tokens
-        only (every token still serves as a key)."""
+                n_queries: int | None = None) -> torch.Tensor:
+        """h: (B, N, D), skip: (B, N, D) or None -> (B, N, D), or with `n_queries` the outputs of the last
+        n_queries tokens only (every token still serves as a key)."""
         if skip is not None:
             h = self.skip_in_linear(torch.cat([h, skip], dim=-1))
-        attended = self.attention(self.attention_norm.norm(h), rope, key_mask, queries)
-        h = (h if queries is None else torch.gather(h, 1, queries.rows)) + attended
+        q, k, v = self.attention.project(self.attention_norm.norm(h), rope)
+        if n_queries is not None:
+            q, h = q[:, :, -n_queries:], h[:, -n_queries:]
+        return self._finish(h + self.attention.attend(q, k, v, key_mask))
+
+    def fixed_keys(self, tokens: torch.Tensor, rope: Rope, with_queries: bool) -> FixedKeys:
+        """What this (first) layer computes of the fixed tokens (B, F, D) at every step, computed once."""
+        q, k, v = self.attention.project(self.attention_norm.norm(tokens), rope)
+        return FixedKeys(tokens=tokens, q=q if with_queries else None, k=k, v=v)
+
+    def forward_moving(self, moving: torch.Tensor, fixed: FixedKeys, rope: Rope, key_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """The first layer over [fixed | moving] tokens given `fixed_keys`: moving (B, M, D) with its tables
+        -> (B, F + M, D), or when the layer is also the last (fixed.q None) the outputs of moving[:, 1:] only."""
+        q, k, v = self.attention.project(self.attention_norm.norm(moving), rope)
+        k, v = torch.cat([fixed.k, k], dim=2), torch.cat([fixed.v, v], dim=2)
+        if fixed.q is None:
+            q, h = q[:, :, 1:], moving[:, 1:]
+        else:
+            q, h = torch.cat([fixed.q, q], dim=2), torch.cat([fixed.tokens, moving], dim=1)
+        return self._finish(h + self.attention.attend(q, k, v, key_mask))
+
+    def _finish(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.feed_forward(self.ffn_norm.norm(h))
 
 
@@ -224,20 +244,21 @@ class Transformer(nn.Module):
                                     for _ in range(config.depth))
         self.norm = AdaptiveNorm(config.hidden_dim)
 
-    def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor, rope: Rope,
-                queries: Queries | None = None) -> torch.Tensor:
-        """h: (B, N, D) tokens, t1: (B or 1, D) time embedding, key_mask: (B, 1, 1, N) bool, rope: tables for N
-        tokens, queries: the Q tokens wanted, or None for all -> (B, Q or N, D).
+    def forward(self, moving: torch.Tensor, t1: torch.Tensor, layout: Conditioning) -> torch.Tensor:
+        """moving: (B, 1 + G, D) the time token and the G wanted frames' tokens, t1: (B or 1, D) -> (B, G, D).
 
+        Tokens lie as [fixed | time | frames] (`Conditioning`); the first layer reuses its view of the fixed ones.
         U-ViT skips: layers i < L//2 store their output, layers i > L//2 take the latest stored one (LIFO).
         Every layer but the last needs all tokens (they are the next layer's keys); the last one computes only
-        the `queries` (the sampler asks for the generated frames: a fifth of the tokens with a 3 s prompt).
+        the frames' (the sampler's generated frames: a fifth of the tokens with a 3 s prompt).
         """
+        n_frames = moving.shape[1] - 1
+        h = self.layers[0].forward_moving(moving, layout.first_layer, layout.moving_rope, layout.key_mask)
         half, last = len(self.layers) // 2, len(self.layers) - 1
-        stored: list[torch.Tensor] = []
-        for index, layer in enumerate(self.layers):
+        stored: list[torch.Tensor] = [h] if half > 0 else []
+        for index in range(1, len(self.layers)):
             skip = stored.pop() if index > half else None
-            h = layer(h, rope, key_mask, skip, queries if index == last else None)
+            h = self.layers[index](h, layout.rope, layout.key_mask, skip, n_frames if index == last else None)
             if index < half:
                 stored.append(h)
         return self.norm(h, t1)
@@ -268,20 +289,32 @@ class WeightNormLinearWeights(nn.Module):
 
 @dataclass
 class Conditioning:
-    """`VelocityEstimator.condition`'s result: what a sampler's steps share, for the N = T + 2 tokens
-    [time, style, frames] and the frames whose velocity is wanted (all T, or Q given ones).
+    """`VelocityEstimator.condition`'s result: what a sampler's steps share.
 
-    base: (B, N, D) the tokens without the time embedding (row 0 zero) and without x's share of the frame rows;
-    x_weight: (D, 80) x's block of `cond_x_merge_linear`; key_mask: (B, 1, 1, N) bool; rope: tables for N
-    tokens; queries: the Q frames' tokens, or None for all; out_mask: (B, T or Q, 1), 1 where frame < x_lens.
+    The N = T + 2 tokens lie as [fixed | time | frames]: fixed = the style token and the F − 1 frames where x is
+    zero (their input never changes), then the time token and the G frames whose velocity is wanted; attention
+    does not depend on the order (RoPE keeps each token's own position 0 time, 1 style, f + 2 frame f).
+
+    frames_base: (B, G, D) the frames' tokens without x's share; x_weight: (D, 80) x's block of
+    `cond_x_merge_linear`; first_layer: the first layer's view of the fixed tokens; key_mask: (B, 1, 1, N)
+    bool; rope: the tables of every token (B, 1, N, head_dim), moving_rope those of [time | frames];
+    out_mask: (B, G, 1), 1 where the frame is < x_lens.
     """
 
-    base: torch.Tensor
+    frames_base: torch.Tensor
     x_weight: torch.Tensor
+    first_layer: FixedKeys
     key_mask: torch.Tensor
     rope: Rope
-    queries: Queries | None
+    moving_rope: Rope
     out_mask: torch.Tensor
+
+
+def frames_outside(frames: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """frames: (B, G) distinct indices in [0, n_frames) -> (B, n_frames − G) the other frames, ascending."""
+    chosen = torch.zeros(frames.shape[0], n_frames, dtype=torch.uint8, device=frames.device)
+    chosen.scatter_(1, frames, 1)
+    return torch.argsort(chosen, dim=1, stable=True)[:, : n_frames - frames.shape[1]]
 
 
 class VelocityEstimator(nn.Module):
@@ -310,51 +343,51 @@ class VelocityEstimator(nn.Module):
         x, prompt_x: (B, 80, T); x_lens: (B,) int64; t: (B,); style: (B, S); cond: (B, T, content_dim)
         -> (B, 80, T), zero in frames >= x_lens. A single t (0-dim or (1,)) applies to every item.
         """
-        return self.velocity(x, self.embed_time(t), self.condition(prompt_x, x_lens, style, cond))
+        every_frame = torch.arange(x.shape[2], device=x.device).expand(x.shape[0], -1)
+        return self.velocity(x, self.embed_time(t), self.condition(prompt_x, x_lens, style, cond, every_frame))
 
     def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor,
-                  frames: torch.Tensor | None = None) -> Conditioning:
+                  frames: torch.Tensor) -> Conditioning:
         """The inputs that stay fixed over a sampler's steps, prepared once: prompt_x (B, 80, T), x_lens (B,),
-        style (B, S), cond (B, T, content_dim); frames (B, Q) int64 in [0, T): the only frames where x may be
-        nonzero and whose velocity is wanted (None: all). `cond_x_merge_linear` is split by its input blocks:
-        the prompt and content block (and the bias) is applied here, x's at every step."""
+        style (B, S), cond (B, T, content_dim); frames (B, G) int64: distinct frames in [0, T), the only ones
+        where x may be nonzero and whose velocity is wanted. `cond_x_merge_linear` is split by its input
+        blocks: the prompt and content block (and the bias) is applied here, x's at every step."""
         n_mels, n_frames = prompt_x.shape[1], prompt_x.shape[2]
         merge = self.cond_x_merge_linear
         rows = F.linear(torch.cat([prompt_x.transpose(1, 2), self.cond_projection(cond)], dim=-1),
-                        merge.weight[:, n_mels:], merge.bias)
-        style_token = self.style_in(style)
-        base = torch.cat([torch.zeros_like(style_token)[:, None], style_token[:, None], rows], dim=1)
-        valid = torch.arange(n_frames, device=prompt_x.device) < x_lens[:, None]  # (B, T)
-        key_mask = F.pad(valid, (PREFIX_TOKENS, 0), value=True)[:, None, None, :]
-        rope = Rope.for_tokens(base.shape[1], self.transformer.head_dim, base.device)
-        queries = None
-        if frames is not None:
-            queries = Queries.at(frames + PREFIX_TOKENS, base.shape[2], self.transformer.num_heads, rope)
-            valid = torch.gather(valid, 1, frames)
-        return Conditioning(base=base, x_weight=merge.weight[:, :n_mels], key_mask=key_mask, rope=rope,
-                            queries=queries, out_mask=valid[:, :, None].to(base.dtype))
+                        merge.weight[:, n_mels:], merge.bias)  # (B, T, D)
+        others = frames_outside(frames, n_frames)
+        fixed = torch.cat([self.style_in(style)[:, None], take_rows(rows, others)], dim=1)
+        positions = torch.cat([torch.ones_like(frames[:, :1]), others + PREFIX_TOKENS,
+                               torch.zeros_like(frames[:, :1]), frames + PREFIX_TOKENS], dim=1)  # (B, N)
+        rope = Rope.for_tokens(n_frames + PREFIX_TOKENS, self.transformer.head_dim, rows.device).at(positions)
+        valid = torch.arange(n_frames + PREFIX_TOKENS, device=rows.device) < (x_lens + PREFIX_TOKENS)[:, None]
+        valid[:, :PREFIX_TOKENS] = True
+        key_mask = torch.gather(valid, 1, positions)
+        first_layer = self.transformer.layers[0].fixed_keys(fixed, rope.rows(0, fixed.shape[1]),
+                                                            with_queries=len(self.transformer.layers) > 1)
+        out_mask = key_mask[:, -frames.shape[1]:, None].to(rows.dtype)
+        return Conditioning(frames_base=take_rows(rows, frames), x_weight=merge.weight[:, :n_mels],
+                            first_layer=first_layer, key_mask=key_mask[:, None, None, :], rope=rope,
+                            moving_rope=rope.rows(fixed.shape[1]), out_mask=out_mask)
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """t: (B,) or a single t -> t1 (B or 1, D), the time token (and the final norm's condition)."""
         return self.t_embedder(t.reshape(-1))
 
     def velocity(self, x: torch.Tensor, t1: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """The velocity given the time token t1 (B or 1, D) (`embed_time`) and the `condition`ed inputs.
-
-        x: (B, 80, T), or (B, 80, Q) at the conditioning's frames (zero at every other frame) -> the velocity at
-        the same frames, zero at frames >= x_lens. With frames, the last layer and the final MLP run on them alone.
-        """
-        x_rows = F.linear(x.transpose(1, 2), conditioning.x_weight)  # (B, T or Q, D)
-        tokens = conditioning.base.clone()
-        tokens[:, 0] = t1
-        queries = conditioning.queries
-        if queries is None:
-            tokens[:, PREFIX_TOKENS:] += x_rows
-            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope)[:, PREFIX_TOKENS:]
-        else:
-            tokens.scatter_add_(1, queries.rows, x_rows)
-            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope, queries)
+        """The velocity at the conditioning's frames: x (B, 80, G) there (zero at every other frame), t1 (B or 1,
+        D) from `embed_time` -> (B, 80, G), zero at frames >= x_lens. The last layer and the final MLP run on
+        those frames alone."""
+        frames = conditioning.frames_base + F.linear(x.transpose(1, 2), conditioning.x_weight)  # (B, G, D)
+        moving = torch.cat([t1[:, None].expand(frames.shape[0], 1, -1), frames], dim=1)
+        h = self.transformer(moving, t1, conditioning)
         return (self.final_mlp(h) * conditioning.out_mask).transpose(1, 2)
+
+
+def take_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows: (B, T, D), index: (B, G) int64 -> (B, G, D), rows[b, index[b, g]]."""
+    return torch.gather(rows, 1, index[:, :, None].expand(-1, -1, rows.shape[2]))
 
 
 class DiT(nn.Module):
