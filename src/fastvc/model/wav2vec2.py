@@ -98,9 +98,12 @@ class Wav2Vec2Config:
 def normalize_per_item(wav: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
     """(x − mean) / sqrt(population var + eps) over each item's N samples. (B, N) -> (B, N).
 
-    The statistics are taken in float64 and applied in the input's precision (applying them in float64 too
-    cost 3x as much for the same float32 result within 1 ulp)."""
-    variance, mean = torch.var_mean(wav.double(), dim=-1, unbiased=False, keepdim=True)
+    The statistics are taken in float64, in two passes (`torch.var_mean` took 2.5x as long here), and applied in
+    the input's precision (applying them in float64 too cost 3x as much for the same float32 result within 1 ulp).
+    """
+    wide = wav.double()
+    mean = wide.mean(dim=-1, keepdim=True)
+    variance = (wide - mean).square().mean(dim=-1, keepdim=True)
     return (wav - mean.to(wav.dtype)) / torch.sqrt(variance + eps).to(wav.dtype)
 
 
