@@ -10,6 +10,7 @@ alone (the key-padding mask keeps the padding out of attention), except for floa
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import torch
@@ -69,16 +70,17 @@ def with_null_branch(prompt_x: torch.Tensor, style: torch.Tensor, mu: torch.Tens
             torch.cat([mu, torch.zeros_like(mu)]), torch.cat([x_lens, x_lens]))
 
 
-def euler_grid(n_timesteps: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The steps on linspace(0, 1, N+1): (the time at each step's start (N,), each step's dt), the time summed
-    up step by step in float32."""
-    grid = torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32, device=device)
+@functools.lru_cache(maxsize=32)
+def euler_grid(n_timesteps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The steps on linspace(0, 1, N+1) in float32: (the time at each step's start, each step's dt), the time
+    summed up step by step in float32; float32 values held in Python floats (made once per N)."""
+    grid = torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32)
     steps = [grid[step] - grid[step - 1] for step in range(1, n_timesteps + 1)]
     t, times = grid[0], []
     for dt in steps:
-        times.append(t)
+        times.append(float(t))
         t = t + dt
-    return torch.stack(times), steps
+    return tuple(times), tuple(float(dt) for dt in steps)
 
 
 def euler_sample(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor,
@@ -115,8 +117,8 @@ def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tenso
         prompt_x, style, mu, x_lens = with_null_branch(prompt_x, style, mu, x_lens)
         frames = torch.cat([frames, frames])
     conditioning = estimator.condition(prompt_x, x_lens, style, mu, frames)
-    times, steps = euler_grid(n_timesteps, z_gen.device)
-    time_tokens = estimator.embed_time(times)  # every step's, in one pass
+    times, steps = euler_grid(n_timesteps)
+    time_tokens = estimator.embed_time(torch.tensor(times, device=z_gen.device))  # every step's, in one pass
     x_gen = z_gen * keep
     for step, dt in enumerate(steps):
         x_in = torch.cat([x_gen, x_gen]) if guided else x_gen

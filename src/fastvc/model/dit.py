@@ -335,6 +335,7 @@ class VelocityEstimator(nn.Module):
         self.skip_linear = nn.Linear(dim + mels, dim)
         self.content_mask_embedder = nn.Embedding(1, dim)
         self.register_buffer("input_pos", torch.arange(INPUT_POS_LENGTH))
+        self._rope_tables: dict[tuple[int, str], Rope] = {}
 
     def forward(self, x: torch.Tensor, prompt_x: torch.Tensor, x_lens: torch.Tensor, t: torch.Tensor,
                 style: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -360,7 +361,7 @@ class VelocityEstimator(nn.Module):
         fixed = torch.cat([self.style_in(style)[:, None], take_rows(rows, others)], dim=1)
         positions = torch.cat([torch.ones_like(frames[:, :1]), others + PREFIX_TOKENS,
                                torch.zeros_like(frames[:, :1]), frames + PREFIX_TOKENS], dim=1)  # (B, N)
-        rope = Rope.for_tokens(n_frames + PREFIX_TOKENS, self.transformer.head_dim, rows.device).at(positions)
+        rope = self.rope_tables(n_frames + PREFIX_TOKENS, rows.device).at(positions)
         valid = torch.arange(n_frames + PREFIX_TOKENS, device=rows.device) < (x_lens + PREFIX_TOKENS)[:, None]
         valid[:, :PREFIX_TOKENS] = True
         key_mask = torch.gather(valid, 1, positions)
@@ -370,6 +371,13 @@ class VelocityEstimator(nn.Module):
         return Conditioning(frames_base=take_rows(rows, frames), x_weight=merge.weight[:, :n_mels],
                             first_layer=first_layer, key_mask=key_mask[:, None, None, :], rope=rope,
                             moving_rope=rope.rows(fixed.shape[1]), out_mask=out_mask)
+
+    def rope_tables(self, n_tokens: int, device: torch.device) -> Rope:
+        """RoPE turns for positions 0 … n_tokens − 1, kept per (n_tokens, device): they depend on nothing else."""
+        key = (n_tokens, str(device))
+        if key not in self._rope_tables:
+            self._rope_tables[key] = Rope.for_tokens(n_tokens, self.transformer.head_dim, device)
+        return self._rope_tables[key]
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """t: (B,) or a single t -> t1 (B or 1, D), the time token (and the final norm's condition)."""
