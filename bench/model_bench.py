@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 import torch  # noqa: E402
 
+from fastvc.engine.seedvc import CPU_MICRO_BATCH  # noqa: E402
 from fastvc.model.host import keep_freed_memory  # noqa: E402
 from fastvc.model.presets import PRESETS, random_model  # noqa: E402
 from fastvc.model.seedvc import SeedVCModel, VoicePrompt  # noqa: E402
@@ -57,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per batch size (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--micro-batch", type=int, default=-1,
-                        help="run the whole block in slices of this many streams (default: 8 on CPU as the "
-                             "engine does, whole batch on CUDA; 0: whole batch)")
+                        help="run the whole block in slices of this many streams (default: as the engine does, "
+                             f"{CPU_MICRO_BATCH} on CPU, whole batch on CUDA; 0: whole batch)")
     parser.add_argument("--streams-search", action="store_true", help="find the most real-time streams")
     parser.add_argument("--max-streams", type=int, default=1024, help="upper bound of --streams-search")
     parser.add_argument("--json", help="write the results here")
@@ -80,7 +81,8 @@ class Bench:
         reference = torch.from_numpy(library.reference(library.default_voice))
         self.voice: VoicePrompt = self.model.prepare_voice(reference, args.prompt_seconds)
         self.steps, self.cfg, self.repeat = args.steps, args.cfg, args.repeat
-        self.micro_batch = args.micro_batch if args.micro_batch >= 0 else (8 if self.device.type == "cpu" else 0)
+        engine_slices = CPU_MICRO_BATCH if self.device.type == "cpu" else 0
+        self.micro_batch = args.micro_batch if args.micro_batch >= 0 else engine_slices
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -179,7 +179,7 @@ class SeedVCModel(nn.Module):
         """Steps B4–B8 for B streams: windows_16k (B, W16) -> BlockOutputs with wav_slice (B, return_samples).
 
         `micro_batch` > 0 runs the batch in slices of that many streams (items are independent, so the result
-        is the same): on a CPU, slices of about 8 keep the activations in cache and run ~25 % faster.
+        is the same): on a CPU, slices of a few tens keep the activations in cache (`engine.seedvc.CPU_MICRO_BATCH`).
         """
         size = micro_batch if micro_batch > 0 else max(len(voices), 1)
         parts = [self._convert_slice(windows_16k[i : i + size], voices[i : i + size], noise[i : i + size], geometry,
