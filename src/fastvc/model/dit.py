@@ -159,8 +159,9 @@ class Attention(nn.Module):
         q, k = qk.transpose(1, 2).chunk(2, dim=1)
         return q, k, qkv[..., 2 * dim :].unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """q: (B, H, Q, hd), k, v: (B, H, N, hd), key_mask: (B, 1, 1, N) bool, True = may be attended to
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
+               ) -> torch.Tensor:
+        """q: (B, H, Q, hd), k, v: (B, H, N, hd), key_mask: (B, 1, 1, N) bool, True = may be attended to (None: all)
         -> (B, Q, D)."""
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.wo(attended.transpose(1, 2).flatten(2))
@@ -203,7 +204,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = AdaptiveNorm(dim)
         self.skip_in_linear = nn.Linear(2 * dim, dim)
 
-    def forward(self, h: torch.Tensor, rope: Rope, key_mask: torch.Tensor, skip: torch.Tensor | None,
+    def forward(self, h: torch.Tensor, rope: Rope, key_mask: torch.Tensor | None, skip: torch.Tensor | None,
                 n_queries: int | None = None) -> torch.Tensor:
         """h: (B, N, D), skip: (B, N, D) or None -> (B, N, D), or with `n_queries` the outputs of the last
         n_queries tokens only (every token still serves as a key)."""
@@ -219,7 +220,7 @@ class TransformerBlock(nn.Module):
         q, k, v = self.attention.project(self.attention_norm.norm(tokens), rope)
         return FixedKeys(tokens=tokens, q=q if with_queries else None, k=k, v=v)
 
-    def forward_moving(self, moving: torch.Tensor, fixed: FixedKeys, rope: Rope, key_mask: torch.Tensor
+    def forward_moving(self, moving: torch.Tensor, fixed: FixedKeys, rope: Rope, key_mask: torch.Tensor | None
                        ) -> torch.Tensor:
         """The first layer over [fixed | moving] tokens given `fixed_keys`: moving (B, M, D) with its tables
         -> (B, F + M, D), or when the layer is also the last (fixed.q None) the outputs of moving[:, 1:] only."""
@@ -297,14 +298,14 @@ class Conditioning:
 
     frames_base: (B, G, D) the frames' tokens without x's share; x_weight: (D, 80) x's block of
     `cond_x_merge_linear`; first_layer: the first layer's view of the fixed tokens; key_mask: (B, 1, 1, N)
-    bool; rope: the tables of every token (B, 1, N, head_dim), moving_rope those of [time | frames];
+    bool, None when no item has padding (attention runs ~10 % faster unmasked); rope: the tables of every token (B, 1, N, head_dim), moving_rope those of [time | frames];
     out_mask: (B, G, 1), 1 where the frame is < x_lens.
     """
 
     frames_base: torch.Tensor
     x_weight: torch.Tensor
     first_layer: FixedKeys
-    key_mask: torch.Tensor
+    key_mask: torch.Tensor | None
     rope: Rope
     moving_rope: Rope
     out_mask: torch.Tensor
@@ -368,8 +369,9 @@ class VelocityEstimator(nn.Module):
         first_layer = self.transformer.layers[0].fixed_keys(fixed, rope.rows(0, fixed.shape[1]),
                                                             with_queries=len(self.transformer.layers) > 1)
         out_mask = key_mask[:, -frames.shape[1]:, None].to(rows.dtype)
+        attention_mask = None if key_mask.all() else key_mask[:, None, None, :]
         return Conditioning(frames_base=take_rows(rows, frames), x_weight=merge.weight[:, :n_mels],
-                            first_layer=first_layer, key_mask=key_mask[:, None, None, :], rope=rope,
+                            first_layer=first_layer, key_mask=attention_mask, rope=rope,
                             moving_rope=rope.rows(fixed.shape[1]), out_mask=out_mask)
 
     def rope_tables(self, n_tokens: int, device: torch.device) -> Rope:
