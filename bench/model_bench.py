@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 import torch  # noqa: E402
 
+from fastvc.model.host import keep_freed_memory  # noqa: E402
 from fastvc.model.presets import PRESETS, random_model  # noqa: E402
 from fastvc.model.seedvc import SeedVCModel, VoicePrompt  # noqa: E402
 from fastvc.model.voices import VoiceLibrary  # noqa: E402
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        keep_freed_memory()  # as the engine does on a CPU
     bench = Bench(args)
     params_m = sum(p.numel() for p in bench.model.parameters()) / 1e6
     print(f"device {bench.device} ({torch.cuda.get_device_name(bench.device) if bench.device.type == 'cuda' else 'cpu'}"

@@ -111,6 +111,25 @@ def test_dit_item_alone_equals_item_in_padded_batch(depth: int) -> None:
     assert not batch[1, :, lens[1]:].any()
 
 
+@pytest.mark.parametrize("depth", [1, 4, 5])
+def test_velocity_at_some_frames_equals_the_full_velocity_there(depth: int) -> None:
+    params = {**SMALL_PARAMS, "DiT": {**SMALL_PARAMS["DiT"], "depth": depth}}
+    estimator = seeded(DiT.from_config(params), seed=6).estimator
+    lens, n_frames = torch.tensor([30, 21]), 30
+    frames = torch.tensor([[12, 13, 14, 29], [3, 4, 5, 20]])  # x is zero at every other frame
+    x_at = torch.randn(2, 80, 4)
+    x = torch.zeros(2, 80, n_frames).scatter(2, frames[:, None, :].expand(-1, 80, -1), x_at)
+    prompt_x, style, cond = torch.randn(2, 80, n_frames), torch.randn(2, 12), torch.randn(2, n_frames, 24)
+    t = torch.tensor([0.3])
+    with torch.inference_mode():
+        full = estimator(x, prompt_x, lens, t, style, cond)
+        at = estimator.velocity(x_at, estimator.embed_time(t), estimator.condition(prompt_x, lens, style, cond,
+                                                                                   frames))
+    expected = torch.gather(full, 2, frames[:, None, :].expand(-1, 80, -1))
+    torch.testing.assert_close(at, expected, atol=1e-5, rtol=1e-5)
+    assert at[:, :, :3].abs().min() > 0
+
+
 @pytest.mark.parametrize("cfg_rate", [0.0, 0.7])
 def test_sampler_item_alone_equals_item_in_batch_with_other_prompt_lengths(cfg_rate: float) -> None:
     dit = seeded(DiT.from_config(SMALL_PARAMS), seed=4)

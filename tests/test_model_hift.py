@@ -136,3 +136,38 @@ def test_decoding_only_the_kept_tail_changes_nothing(rates: list[int], kernels: 
     assert model.config.decoder_left_context_frames + 8 < n_frames  # the test really crops
     assert tail.shape == (2, n_samples)
     assert torch.allclose(tail, full[:, -n_samples:], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("rates", "kernels", "n_fft", "hop"), LAYOUTS[:1])
+def test_the_excitation_made_from_the_first_decoded_frame_gives_the_same_tail(rates: list[int], kernels: list[int],
+                                                                              n_fft: int, hop: int) -> None:
+    model = small_generator(rates, kernels, n_fft, hop)
+    n_frames, frame = 60, model.samples_per_frame
+    n_samples = 7 * frame + frame // 3
+    mel = torch.randn(2, 20, n_frames)
+    with torch.inference_mode():
+        f0 = 100 + 50 * model.predict_f0(mel)
+        phase, noise = model.draw_source_noise(2, n_frames, torch.Generator().manual_seed(1))
+        source = model.source(f0, phase, noise)
+        first_frame = model.first_decoded_frame(n_frames, n_samples)
+        source_tail = model.source(f0, phase, noise, first_sample=first_frame * frame)
+        tail = model.decode_from(mel, source_tail, first_frame, n_samples)
+        expected = model.decode_last(mel, source, n_samples)
+    assert first_frame > 0  # the excitation really starts later
+    assert torch.equal(source_tail, source[:, :, first_frame * frame :])  # phases accumulated from sample 0
+    assert torch.equal(tail, expected)
+
+
+def test_kept_weight_norms_follow_loaded_weights() -> None:
+    model, fresh = small_generator(*LAYOUTS[0]), small_generator(*LAYOUTS[0])
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.mul_(1.1)
+    mel = torch.randn(1, 20, 6)
+    source = 0.1 * torch.randn(1, 1, 6 * model.samples_per_frame)
+    with torch.inference_mode():
+        before = model.decode(mel, source)  # keeps its weight norms
+        model.load_state_dict(fresh.state_dict())
+        after, expected = model.decode(mel, source), fresh.decode(mel, source)
+    assert torch.equal(after, expected)
+    assert not torch.allclose(before, after)

@@ -31,7 +31,7 @@ import torch
 
 from fastvc.config import Config
 from fastvc.engine.base import BlockRequest, BlockResult, Engine, EngineError, EngineLoadError
-from fastvc.model import presets, weights
+from fastvc.model import host, presets, weights
 from fastvc.model.seedvc import BlockNoise, SeedVCModel, VoicePrompt
 from fastvc.model.voices import VoiceError, VoiceLibrary
 
@@ -111,6 +111,8 @@ class SeedVCFamilyEngine(Engine):
                 threads = max(1, (os.cpu_count() or 1) - 1)  # one core stays with the event loop and codecs
             if threads > 0:
                 torch.set_num_threads(threads)
+            if self.device.type == "cpu":
+                host.keep_freed_memory()  # without it a block's activations were page faults again every forward
             started = time.perf_counter()
             self.model = self.build_model().to(self.device)
             log.info("engine.model_loaded", engine=self.name, device=str(self.device), precision=self.precision,

@@ -4,7 +4,9 @@
     L x [U-ViT skip in, x + Attn(RMSNorm(x)), x + SwiGLU(RMSNorm(x)), U-ViT skip out]
     h = adaptive RMSNorm(h; t1), drop the two prefix tokens, final MLP   -> (B, 80, T)
 
-Attention uses a key-padding mask from `x_lens` and interleaved-pair RoPE over positions 0…T+1. `DiT` holds the
+Attention uses a key-padding mask from `x_lens` and interleaved-pair RoPE over positions 0…T+1. For a sampler,
+`condition` prepares what its steps share (the prompt, content and style rows, mask, RoPE tables, the frames it
+changes) once, and `velocity` then takes x at only those frames and returns the velocity there alone. `DiT` holds the
 estimator as `estimator` so that its state dict keys equal the checkpoint's `net['cfm']` (`estimator.…`),
 including the keys the forward pass never uses (listed in `VelocityEstimator`).
 """
@@ -79,7 +81,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., D) -> (..., D), normalised in float32."""
+        """x: (..., D) -> (..., D), normalised in float32 (float32 input: one fused op, the same numbers)."""
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, RMS_NORM_EPS)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + RMS_NORM_EPS)
         return normed.type_as(x) * self.weight
@@ -95,7 +99,7 @@ class AdaptiveNorm(nn.Module):
         self.norm = RMSNorm(dim)
 
     def forward(self, h: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
-        """h: (B, N, D), t1: (B, D) -> scale · RMSNorm(h) + shift, (B, N, D)."""
+        """h: (B, N, D), t1: (B or 1, D) -> scale · RMSNorm(h) + shift, (B, N, D)."""
         scale, shift = self.project_layer(t1)[:, None, :].chunk(2, dim=-1)
         return scale * self.norm(h) + shift
 
@@ -107,12 +111,51 @@ def rope_cos_sin(n_tokens: int, head_dim: int, device: torch.device) -> tuple[to
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2j, 2j+1). x: (B, H, N, head_dim); cos, sin: (N, head_dim // 2) -> like x."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+@dataclass(frozen=True)
+class Rope:
+    """RoPE tables laid out per value: cos (N, head_dim) = [c_0, c_0, c_1, c_1, …] and sin (N, head_dim) =
+    [−s_0, s_0, −s_1, s_1, …], so that rotating adjacent pairs is x·cos + swap_pairs(x)·sin."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def for_tokens(cls, n_tokens: int, head_dim: int, device: torch.device) -> Rope:
+        cos, sin = rope_cos_sin(n_tokens, head_dim, device)
+        return cls(cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2))
+
+    def at(self, positions: torch.Tensor) -> Rope:
+        """The tables at positions (B, Q) int64, shaped (B, 1, Q, head_dim) to rotate (B, H, Q, head_dim)."""
+        return Rope(self.cos[positions][:, None], self.sin[positions][:, None])
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate adjacent pairs (2j, 2j+1): (a, b) -> (a·c − b·s, b·c + a·s), in float32. x: (B, H, N, head_dim)
+    with rope tables (N, head_dim) or (B, 1, N, head_dim) -> like x."""
+    x32 = x.float()
+    pairs = x32.unflatten(-1, (-1, 2))
+    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (b, a) per pair
+    return (x32 * rope.cos + swapped * rope.sin).type_as(x)
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The token positions whose outputs a pass computes, with the index views that gather them, made once.
+
+    rows: (B, Q, D) int64, each position repeated over the width (gathers h, scatters x's rows); heads:
+    (B, H, Q, head_dim) int64, the same over heads (gathers q); rope: the RoPE tables there.
+    """
+
+    rows: torch.Tensor
+    heads: torch.Tensor
+    rope: Rope
+
+    @classmethod
+    def at(cls, positions: torch.Tensor, dim: int, num_heads: int, rope: Rope) -> Queries:
+        """positions: (B, Q) int64 token positions; rope: the tables of every token."""
+        return cls(rows=positions[:, :, None].expand(-1, -1, dim),
+                   heads=positions[:, None, :, None].expand(-1, num_heads, -1, dim // num_heads),
+                   rope=rope.at(positions))
 
 
 class Attention(nn.Module):
@@ -122,11 +165,16 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, z: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor) -> torch.Tensor:
-        """z: (B, N, D); key_mask: (B, 1, 1, N) bool, True = may be attended to -> (B, N, D)."""
-        q, k, v = (part.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for part in self.wqkv(z).chunk(3, dim=-1))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    def forward(self, z: torch.Tensor, rope: Rope, key_mask: torch.Tensor, queries: Queries | None = None
+                ) -> torch.Tensor:
+        """z: (B, N, D); key_mask: (B, 1, 1, N) bool, True = may be attended to; queries: the Q tokens whose
+        output is wanted, or None for all -> (B, Q or N, D)."""
+        q, k, v = self.wqkv(z).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        if queries is None:
+            q = apply_rope(q, rope)
+        else:
+            q = apply_rope(torch.gather(q, 2, queries.heads), queries.rope)
+        attended = F.scaled_dot_product_attention(q, apply_rope(k, rope), v, attn_mask=key_mask)
         return self.wo(attended.transpose(1, 2).flatten(2))
 
 
@@ -155,33 +203,38 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = AdaptiveNorm(dim)
         self.skip_in_linear = nn.Linear(2 * dim, dim)
 
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor,
-                skip: torch.Tensor | None) -> torch.Tensor:
-        """h: (B, N, D), skip: (B, N, D) or None -> (B, N, D)."""
+    def forward(self, h: torch.Tensor, rope: Rope, key_mask: torch.Tensor, skip: torch.Tensor | None,
+                queries: Queries | None = None) -> torch.Tensor:
+        """h: (B, N, D), skip: (B, N, D) or None -> (B, Q or N, D): with `queries` the outputs of those tokens
+        only (every token still serves as a key)."""
         if skip is not None:
             h = self.skip_in_linear(torch.cat([h, skip], dim=-1))
-        h = h + self.attention(self.attention_norm.norm(h), rope, key_mask)
+        attended = self.attention(self.attention_norm.norm(h), rope, key_mask, queries)
+        h = (h if queries is None else torch.gather(h, 1, queries.rows)) + attended
         return h + self.feed_forward(self.ffn_norm.norm(h))
 
 
 class Transformer(nn.Module):
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
-        self.head_dim = config.head_dim
+        self.head_dim, self.num_heads = config.head_dim, config.num_heads
         self.layers = nn.ModuleList(TransformerBlock(config.hidden_dim, config.num_heads) for _ in range(config.depth))
         self.norm = AdaptiveNorm(config.hidden_dim)
 
-    def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """h: (B, N, D) tokens, t1: (B, D) time embedding, key_mask: (B, 1, 1, N) bool -> (B, N, D).
+    def forward(self, h: torch.Tensor, t1: torch.Tensor, key_mask: torch.Tensor, rope: Rope,
+                queries: Queries | None = None) -> torch.Tensor:
+        """h: (B, N, D) tokens, t1: (B or 1, D) time embedding, key_mask: (B, 1, 1, N) bool, rope: tables for N
+        tokens, queries: the Q tokens wanted, or None for all -> (B, Q or N, D).
 
         U-ViT skips: layers i < L//2 store their output, layers i > L//2 take the latest stored one (LIFO).
+        Every layer but the last needs all tokens (they are the next layer's keys); the last one computes only
+        the `queries` (the sampler asks for the generated frames: a fifth of the tokens with a 3 s prompt).
         """
-        rope = rope_cos_sin(h.shape[1], self.head_dim, h.device)
-        half = len(self.layers) // 2
+        half, last = len(self.layers) // 2, len(self.layers) - 1
         stored: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             skip = stored.pop() if index > half else None
-            h = layer(h, rope, key_mask, skip)
+            h = layer(h, rope, key_mask, skip, queries if index == last else None)
             if index < half:
                 stored.append(h)
         return self.norm(h, t1)
@@ -210,6 +263,24 @@ class WeightNormLinearWeights(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
 
+@dataclass
+class Conditioning:
+    """`VelocityEstimator.condition`'s result: what a sampler's steps share, for the N = T + 2 tokens
+    [time, style, frames] and the frames whose velocity is wanted (all T, or Q given ones).
+
+    base: (B, N, D) the tokens without the time embedding (row 0 zero) and without x's share of the frame rows;
+    x_weight: (D, 80) x's block of `cond_x_merge_linear`; key_mask: (B, 1, 1, N) bool; rope: tables for N
+    tokens; queries: the Q frames' tokens, or None for all; out_mask: (B, T or Q, 1), 1 where frame < x_lens.
+    """
+
+    base: torch.Tensor
+    x_weight: torch.Tensor
+    key_mask: torch.Tensor
+    rope: Rope
+    queries: Queries | None
+    out_mask: torch.Tensor
+
+
 class VelocityEstimator(nn.Module):
     """The DiT itself. Unused, kept for strict loading: `x_embedder`, `cond_embedder`, `skip_linear`,
     `content_mask_embedder`, `input_pos`, the layers' norm `project_layer`s and `skip_in_linear` of layers ≤ L//2."""
@@ -236,14 +307,51 @@ class VelocityEstimator(nn.Module):
         x, prompt_x: (B, 80, T); x_lens: (B,) int64; t: (B,); style: (B, S); cond: (B, T, content_dim)
         -> (B, 80, T), zero in frames >= x_lens. A single t (0-dim or (1,)) applies to every item.
         """
-        t1 = self.t_embedder(t.reshape(-1).expand(x.shape[0]))
-        frames = self.cond_x_merge_linear(torch.cat([x.transpose(1, 2), prompt_x.transpose(1, 2),
-                                                     self.cond_projection(cond)], dim=-1))
-        tokens = torch.cat([t1[:, None, :], self.style_in(style)[:, None, :], frames], dim=1)
-        valid = torch.arange(x.shape[2], device=x.device) < x_lens[:, None]  # (B, T)
+        return self.velocity(x, self.embed_time(t), self.condition(prompt_x, x_lens, style, cond))
+
+    def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor,
+                  frames: torch.Tensor | None = None) -> Conditioning:
+        """The inputs that stay fixed over a sampler's steps, prepared once: prompt_x (B, 80, T), x_lens (B,),
+        style (B, S), cond (B, T, content_dim); frames (B, Q) int64 in [0, T): the only frames where x may be
+        nonzero and whose velocity is wanted (None: all). `cond_x_merge_linear` is split by its input blocks:
+        the prompt and content block (and the bias) is applied here, x's at every step."""
+        n_mels, n_frames = prompt_x.shape[1], prompt_x.shape[2]
+        merge = self.cond_x_merge_linear
+        rows = F.linear(torch.cat([prompt_x.transpose(1, 2), self.cond_projection(cond)], dim=-1),
+                        merge.weight[:, n_mels:], merge.bias)
+        style_token = self.style_in(style)
+        base = torch.cat([torch.zeros_like(style_token)[:, None], style_token[:, None], rows], dim=1)
+        valid = torch.arange(n_frames, device=prompt_x.device) < x_lens[:, None]  # (B, T)
         key_mask = F.pad(valid, (PREFIX_TOKENS, 0), value=True)[:, None, None, :]
-        h = self.transformer(tokens, t1, key_mask)[:, PREFIX_TOKENS:]
-        return (self.final_mlp(h) * valid[:, :, None]).transpose(1, 2)
+        rope = Rope.for_tokens(base.shape[1], self.transformer.head_dim, base.device)
+        queries = None
+        if frames is not None:
+            queries = Queries.at(frames + PREFIX_TOKENS, base.shape[2], self.transformer.num_heads, rope)
+            valid = torch.gather(valid, 1, frames)
+        return Conditioning(base=base, x_weight=merge.weight[:, :n_mels], key_mask=key_mask, rope=rope,
+                            queries=queries, out_mask=valid[:, :, None].to(base.dtype))
+
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """t: (B,) or a single t -> t1 (B or 1, D), the time token (and the final norm's condition)."""
+        return self.t_embedder(t.reshape(-1))
+
+    def velocity(self, x: torch.Tensor, t1: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """The velocity given the time token t1 (B or 1, D) (`embed_time`) and the `condition`ed inputs.
+
+        x: (B, 80, T), or (B, 80, Q) at the conditioning's frames (zero at every other frame) -> the velocity at
+        the same frames, zero at frames >= x_lens. With frames, the last layer and the final MLP run on them alone.
+        """
+        x_rows = F.linear(x.transpose(1, 2), conditioning.x_weight)  # (B, T or Q, D)
+        tokens = conditioning.base.clone()
+        tokens[:, 0] = t1
+        queries = conditioning.queries
+        if queries is None:
+            tokens[:, PREFIX_TOKENS:] += x_rows
+            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope)[:, PREFIX_TOKENS:]
+        else:
+            tokens.scatter_add_(1, queries.rows, x_rows)
+            h = self.transformer(tokens, t1, conditioning.key_mask, conditioning.rope, queries)
+        return (self.final_mlp(h) * conditioning.out_mask).transpose(1, 2)
 
 
 class DiT(nn.Module):

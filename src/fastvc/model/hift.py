@@ -130,34 +130,48 @@ def weight_norm_weight(weight_g: Tensor, weight_v: Tensor) -> Tensor:
     return weight_v * (weight_g / norm)
 
 
-class WNConv1d(nn.Module):
+class WeightNormed(nn.Module):
+    """Holds a weight-normed layer's `weight_g`, `weight_v` and `bias`. `weight()` is `g · v / ‖v‖`; outside
+    autograd it is kept until g or v change (loaded, moved, edited in place), as the weights of a served model
+    never do: a block then costs no weight-norm ops (about 4 per conv, a third of the tiny vocoder's ops)."""
+
+    def __init__(self, g_rows: int, v_shape: tuple[int, int, int], bias_size: int):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(g_rows, 1, 1))
+        self.weight_v = nn.Parameter(torch.randn(*v_shape) * 0.01)
+        self.bias = nn.Parameter(torch.zeros(bias_size))
+        self._kept: tuple[tuple[int, ...], Tensor] | None = None
+
+    def weight(self) -> Tensor:
+        g, v = self.weight_g, self.weight_v
+        if torch.is_grad_enabled() or g.is_inference() or v.is_inference():  # the latter have no version counter
+            return weight_norm_weight(g, v)
+        key = (g.data_ptr(), v.data_ptr(), g._version, v._version)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, weight_norm_weight(g, v))
+        return self._kept[1]
+
+
+class WNConv1d(WeightNormed):
     """Weight-normed Conv1d: `(B, in, T) -> (B, out, T')`; keys `weight_g`, `weight_v`, `bias`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, padding: int = 0):
-        super().__init__()
-        self.weight_g = nn.Parameter(torch.ones(out_channels, 1, 1))
-        self.weight_v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size) * 0.01)
-        self.bias = nn.Parameter(torch.zeros(out_channels))
+        super().__init__(out_channels, (out_channels, in_channels, kernel_size), out_channels)
         self.dilation, self.padding = dilation, padding
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = weight_norm_weight(self.weight_g, self.weight_v)
-        return F.conv1d(x, weight, self.bias, padding=self.padding, dilation=self.dilation)
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, dilation=self.dilation)
 
 
-class WNConvTranspose1d(nn.Module):
+class WNConvTranspose1d(WeightNormed):
     """Weight-normed ConvTranspose1d: `(B, in, T) -> (B, out, (T−1)·stride − 2·padding + k)`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
-        super().__init__()
-        self.weight_g = nn.Parameter(torch.ones(in_channels, 1, 1))
-        self.weight_v = nn.Parameter(torch.randn(in_channels, out_channels, kernel_size) * 0.01)
-        self.bias = nn.Parameter(torch.zeros(out_channels))
+        super().__init__(in_channels, (in_channels, out_channels, kernel_size), out_channels)
         self.stride, self.padding = stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = weight_norm_weight(self.weight_g, self.weight_v)
-        return F.conv_transpose1d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+        return F.conv_transpose1d(x, self.weight(), self.bias, stride=self.stride, padding=self.padding)
 
 
 class Snake(nn.Module):
@@ -217,21 +231,27 @@ class SourceModule(nn.Module):
         self.config = config
         self.l_linear = nn.Linear(config.n_harmonic_channels, 1)
 
-    def harmonics(self, f0: Tensor, phase: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, L)` -> sine_waves `(B, H+1, L)`, uv `(B, 1, L)`."""
+    def harmonics(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0) -> tuple[Tensor, Tensor]:
+        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, L)` -> sine_waves `(B, H+1, L)`, uv `(B, 1, L)`.
+
+        With `first_sample` k only samples k… of both come back, `(…, L − k)`: the phases still accumulate from
+        sample 0, so they equal the full result's samples k…."""
         cfg = self.config
         f0_samples = f0.repeat_interleave(cfg.samples_per_frame, dim=1).unsqueeze(1)  # (B, 1, L)
         harmonic_numbers = torch.arange(1, cfg.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
         increments = f0_samples * harmonic_numbers.view(1, -1, 1) / cfg.sampling_rate  # (B, H+1, L) cycles
-        theta = 2 * math.pi * torch.remainder(torch.cumsum(increments, dim=2), 1.0)
+        cycles = torch.cumsum(increments, dim=2)[:, :, first_sample:]
+        f0_samples, noise = f0_samples[:, :, first_sample:], noise[:, :, first_sample:]
+        theta = 2 * math.pi * torch.remainder(cycles, 1.0)
         sines = cfg.nsf_alpha * torch.sin(theta + phase)
         uv = (f0_samples > cfg.nsf_voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * (cfg.nsf_alpha / 3)
         return sines * uv + noise_amp * noise, uv
 
-    def forward(self, f0: Tensor, phase: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> source `(B, 1, L)`, sine_waves `(B, H+1, L)`, uv `(B, 1, L)`."""
-        sine_waves, uv = self.harmonics(f0, phase, noise)
+    def forward(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> source `(B, 1, L)`, sine_waves `(B, H+1, L)`, uv `(B, 1, L)`; from `first_sample` on (see `harmonics`)."""
+        sine_waves, uv = self.harmonics(f0, phase, noise, first_sample)
         source = torch.tanh(self.l_linear(sine_waves.transpose(1, 2))).transpose(1, 2)
         return source, sine_waves, uv
 
@@ -300,9 +320,10 @@ class HiFTGenerator(nn.Module):
         noise = torch.randn(batch, channels, n_frames * self.samples_per_frame, generator=generator, **like)
         return phase, noise
 
-    def source(self, f0: Tensor, phase: Tensor, noise: Tensor) -> Tensor:
-        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, U·T)` -> excitation `(B, 1, U·T)`."""
-        return self.m_source(f0, phase, noise)[0]
+    def source(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0) -> Tensor:
+        """f0 `(B, T)` Hz, phase `(B, H+1, 1)`, noise `(B, H+1, U·T)` -> excitation `(B, 1, U·T − first_sample)`:
+        the samples from `first_sample` on, equal to the whole block's (its phases accumulate from the start)."""
+        return self.m_source(f0, phase, noise, first_sample)[0]
 
     def source_stft(self, source: Tensor) -> Tensor:
         """Excitation `(B, 1, L)` -> `[real; imag]` `(B, n_fft+2, L/hop_len + 1)` (centred, periodic Hann)."""
@@ -352,6 +373,12 @@ class HiFTGenerator(nn.Module):
         """mel `(B, n_mels, T)`, excitation `(B, 1, U·T)` -> wav `(B, U·T)`."""
         return self.decode_stft(mel, self.source_stft(source))
 
+    def first_decoded_frame(self, n_frames: int, n_samples: int) -> int:
+        """The first of `n_frames` mel frames that the last `n_samples` of their decoded audio depend on."""
+        frame = self.samples_per_frame
+        first_needed_frame = (n_frames * frame - n_samples) // frame
+        return max(0, first_needed_frame - self.config.decoder_left_context_frames)
+
     def decode_last(self, mel: Tensor, source: Tensor, n_samples: int) -> Tensor:
         """The last `n_samples` of `decode(mel, source)`, from only the mel frames (and excitation) they depend on.
 
@@ -359,10 +386,13 @@ class HiFTGenerator(nn.Module):
         Pass the excitation of the whole block (its sine phases accumulate from the block's start). Agrees with
         `decode` to float rounding. mel `(B, n_mels, T)`, source `(B, 1, U·T)` -> `(B, n_samples)`.
         """
-        frame = self.samples_per_frame
-        first_needed_frame = (mel.shape[2] * frame - n_samples) // frame
-        first_frame = max(0, first_needed_frame - self.config.decoder_left_context_frames)
-        wav = self.decode(mel[:, :, first_frame:], source[:, :, first_frame * frame :])
+        first_frame = self.first_decoded_frame(mel.shape[2], n_samples)
+        return self.decode_from(mel, source[:, :, first_frame * self.samples_per_frame :], first_frame, n_samples)
+
+    def decode_from(self, mel: Tensor, source_tail: Tensor, first_frame: int, n_samples: int) -> Tensor:
+        """`decode_last` given only the excitation from `first_frame = first_decoded_frame(T, n_samples)` on
+        (`source(…, first_sample=first_frame·U)`, `(B, 1, U·(T − first_frame))`) -> `(B, n_samples)`."""
+        wav = self.decode(mel[:, :, first_frame:], source_tail)
         return wav[:, wav.shape[1] - n_samples :]
 
     def forward(self, mel: Tensor, generator: torch.Generator) -> Tensor:

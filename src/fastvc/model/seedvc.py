@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from fastvc.model import weights
 from fastvc.model.audio import LogMel, kaldi_fbank, sinc_resample
 from fastvc.model.campplus import CAMPPlus
-from fastvc.model.cfm import euler_sample
+from fastvc.model.cfm import sample_generated
 from fastvc.model.dit import DiT
 from fastvc.model.hift import HiFTGenerator
 from fastvc.model.length_regulator import LengthRegulator
@@ -216,26 +216,27 @@ class SeedVCModel(nn.Module):
         prompt_mel = pad_sequence([v.prompt_mel.T for v in voices], batch_first=True)  # (B, P_max, n_mels)
         prompt_condition = pad_sequence([v.prompt_condition for v in voices], batch_first=True)  # (B, P_max, C)
         mu = after_prompt(prompt_condition, prompt_lens, cond)
-        noise = after_prompt(torch.zeros_like(prompt_mel), prompt_lens, torch.stack(list(z)).transpose(1, 2))
         style = torch.stack([v.style for v in voices])
         with self._autocast():
-            out = euler_sample(self.dit.estimator, mu, prompt_lens + target, prompt_mel.transpose(1, 2), prompt_lens,
-                               style, noise.transpose(1, 2), n_timesteps=diffusion_steps, cfg_rate=cfg_rate)
-        frame = prompt_lens[:, None] + torch.arange(target, device=self.device)  # (B, target)
-        return torch.gather(out.float(), 2, frame[:, None, :].expand(-1, out.shape[1], -1))
+            mel = sample_generated(self.dit.estimator, mu, prompt_lens + target, prompt_mel.transpose(1, 2),
+                                   prompt_lens, style, torch.stack(list(z)), n_timesteps=diffusion_steps,
+                                   cfg_rate=cfg_rate)
+        return mel.float()
 
     def vocode_slice(self, mel: torch.Tensor, noise: Sequence[BlockNoise], geometry: StreamGeometry
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """B7–B8: mel (B, n_mels, target) -> (wav_slice (B, return_samples), f0 (B, target)).
 
-        Only the vocoder output's tail that the slice reads is decoded (`HiFTGenerator.decode_last`)."""
+        Only the vocoder output's tail that the slice reads is decoded, and the excitation is made only for the
+        frames that tail depends on (`HiFTGenerator.first_decoded_frame`)."""
         with self._autocast():
             f0 = self.hift.predict_f0(mel).float()
         phase = torch.stack([n.hift_phase for n in noise]).to(self.device)
         source_noise = torch.stack([n.hift_noise for n in noise]).to(self.device)
-        source = self.hift.source(f0, phase, source_noise)
         n_samples = mel.shape[2] * self.hift.samples_per_frame
         window = geometry.vocoder_slice(n_samples)
+        first_frame = self.hift.first_decoded_frame(mel.shape[2], n_samples - window.start)
+        source = self.hift.source(f0, phase, source_noise, first_sample=first_frame * self.hift.samples_per_frame)
         with self._autocast():
-            tail = self.hift.decode_last(mel, source, n_samples - window.start).float()
+            tail = self.hift.decode_from(mel, source, first_frame, n_samples - window.start).float()
         return tail[:, : window.stop - window.start], f0
