@@ -25,7 +25,7 @@ class FakeRunner:
         self.submitted: list = []
         self.ready_s: list = []
 
-    def submit(self, request, ready_s=None):
+    def submit(self, request, ready_s=None, *, stream=None):
         future = asyncio.get_running_loop().create_future()
         self.submitted.append((request, future))
         self.ready_s.append(ready_s)

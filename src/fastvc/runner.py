@@ -30,7 +30,7 @@ import structlog
 from fastvc.config import SchedulerConfig
 from fastvc.engine.base import BlockRequest, BlockResult, Engine, EngineError
 from fastvc.scheduler import Batch, QueuedBlock, Scheduler, SchedulerSettings
-from fastvc.stream import loudest_frame_db
+from fastvc.stream import BlockStream, loudest_frame_db, stitch_batch
 
 LOG_SESSIONS_PER_BATCH = 16
 
@@ -49,6 +49,7 @@ class PendingBlock:
 
     request: BlockRequest
     future: asyncio.Future[BlockResult]
+    stream: BlockStream | None = None  # the session's stream: its result is stitched with the batch's others
 
 
 class EngineRunner:
@@ -100,11 +101,14 @@ class EngineRunner:
                     block.payload.future.set_exception(EngineError("engine stopped"))
         self._worker.shutdown(wait=True)
 
-    def submit(self, request: BlockRequest, ready_s: float | None = None) -> asyncio.Future[BlockResult]:
+    def submit(self, request: BlockRequest, ready_s: float | None = None, *,
+               stream: BlockStream | None = None) -> asyncio.Future[BlockResult]:
         """Queue one block whose audio was complete at `ready_s` (default: now, on `clock`).
 
         The future resolves with its result (`result.concealed` when it could not be computed in time) or fails
         with `EngineError` when its batch failed. Cancel it to drop the block (its session left).
+        stream: the session's `BlockStream`; when every earlier block of it is stitched by the time the batch
+            returns, the result comes back stitched (`result.stitched`), all of the batch's at once.
         """
         future: asyncio.Future[BlockResult] = asyncio.get_running_loop().create_future()
         if self._is_silent(request):
@@ -113,7 +117,7 @@ class EngineRunner:
             return future
         block = self.scheduler.add(request.session_id, request.block_index, request.batch_key(),
                                    request.diffusion_steps, self.clock() if ready_s is None else ready_s,
-                                   PendingBlock(request, future), prompt_frames=self._prompt_frames(request))
+                                   PendingBlock(request, future, stream), prompt_frames=self._prompt_frames(request))
         future.add_done_callback(lambda f: f.cancelled() and self.scheduler.discard(block))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -183,6 +187,7 @@ class EngineRunner:
             self._fail(batch, live, error)
             return
         self.scheduler.batch_done(batch, forward_s, size=len(live))
+        self._stitch(live, results)
         done_s = self.clock()
         misses = 0
         for block, result in zip(live, results):
@@ -191,6 +196,18 @@ class EngineRunner:
             if not block.payload.future.done():  # a session that left cancelled its future: drop the result
                 block.payload.future.set_result(result)
         self._record_batch(batch, live, forward_s, misses)
+
+    def _stitch(self, live: list[QueuedBlock], results: list[BlockResult]) -> None:
+        """SOLA for the batch's blocks in one pass, where the session's stream is at that block (every earlier
+        block stitched: the tail is the right one); the others (and malformed outputs, which fail in their
+        session's own stitch) are stitched by their session, in order."""
+        shape = (self.engine.geometry.return_samples,)
+        ready = [(block.payload.stream, result) for block, result in zip(live, results)
+                 if block.payload.stream is not None and not block.payload.future.done()
+                 and block.payload.stream.blocks_stitched == block.block_index and result.audio.shape == shape]
+        stitched = stitch_batch([stream for stream, _ in ready], [result.audio for _, result in ready])
+        for (_, result), one in zip(ready, stitched):
+            result.stitched = one
 
     def _forward(self, requests: Sequence[BlockRequest]) -> tuple[list[BlockResult], float]:
         """On the worker thread: one batched forward pass, timed."""

@@ -56,7 +56,8 @@ class AudioSink(Protocol):
 
 
 class BlockSubmitter(Protocol):
-    def submit(self, request: BlockRequest, ready_s: float | None = None) -> asyncio.Future[BlockResult]: ...
+    def submit(self, request: BlockRequest, ready_s: float | None = None, *,
+               stream: BlockStream | None = None) -> asyncio.Future[BlockResult]: ...
 
 
 class SessionObserver(Protocol):
@@ -270,7 +271,7 @@ class Session:
             self._pace_start_s = min(self._pace_start_s, now - index * block_s)
             ready_s = max(now, self._pace_start_s + index * block_s)
         self._last_ready_s = ready_s
-        future = self.runner.submit(request, ready_s)
+        future = self.runner.submit(request, ready_s, stream=self.stream)
         await self._queue.put(_InFlight(index, future, now))
         self._raise_failure()
 
@@ -293,9 +294,10 @@ class Session:
     async def _emit_block(self, item: _InFlight) -> None:
         g = self.geometry
         failed = False
+        stitched = None
         try:
             result = await item.future
-            audio = result.audio
+            audio, stitched = result.audio, result.stitched
             self.stats.blocks_concealed += result.concealed
         except EngineError as error:
             failed = True
@@ -303,7 +305,9 @@ class Session:
             self.stats.blocks_failed += 1
             self.log.warning("block.failed", block_index=item.block_index, error=str(error))
         self.stats.compute_s_total += self.clock() - item.completed_at
-        emitted = self._trim(self.stream.stitch(audio).out)
+        if stitched is None:  # not stitched with its batch (gated, concealed, failed, or an earlier block pending)
+            stitched = self.stream.stitch(audio)
+        emitted = self._trim(stitched.out)
         await self._send(self.output_resampler.process(emitted))
         latency_s = self.clock() - item.completed_at
         self.stats.blocks += 1

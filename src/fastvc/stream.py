@@ -215,10 +215,17 @@ def sola_scores(head: np.ndarray, prev: np.ndarray, search: int) -> np.ndarray:
     return numerator / np.sqrt(np.maximum(window_energy, 0.0) + 1e-8)
 
 
+def window_tail(geometry: StreamGeometry) -> int:
+    """Samples of the model-rate window W22 the block algorithm reads: the `recent` slice and B3's segment."""
+    recent = geometry.return_samples + geometry.extra_right
+    return min(geometry.window, max(recent, geometry.block + 2 * geometry.zc))
+
+
 class BlockStream:
     """One stream's state for the block algorithm: the model-rate window, the 16 kHz window, the SOLA tail.
 
-    All three start as zeros (spec 3.9, 'State'). Call `push_block` with each block of `geometry.block` new
+    All three start as zeros (spec 3.9, 'State'); of the model-rate window only the tail that is read is kept
+    (`window_tail`). Call `push_block` with each block of `geometry.block` new
     samples, run the model on the returned `BlockInput`, then `stitch` its output slices in block order.
 
     content_window: False for engines that never read the 16 kHz window (passthrough, cost-model): step B3 and
@@ -228,7 +235,10 @@ class BlockStream:
     def __init__(self, geometry: StreamGeometry, *, content_window: bool = True) -> None:
         self.geometry = geometry
         self.content_window = content_window
-        self.window = np.zeros(geometry.window, dtype=np.float32)
+        # The newest samples of the model-rate window W22: only its tail is ever read (the `recent` slice and
+        # B3's segment), so the rest is not kept. Shifting all of W22 each block moved ~240 KB per session
+        # per block through memory (out of cache at hundreds of sessions) for nothing.
+        self.window = np.zeros(window_tail(geometry), dtype=np.float32)
         self.window_16k = np.zeros(geometry.window_16k if content_window else 0, dtype=np.float32)
         # One soxr resampler reused (cleared) for every B3: the same output as a one-shot call, without
         # designing the filter again each block.
@@ -280,10 +290,79 @@ class BlockStream:
         if model_slice.shape != (g.return_samples,):
             raise ValueError(f"model slice must have shape ({g.return_samples},), got {model_slice.shape}")
         scores = sola_scores(model_slice, self.prev, g.sola_search)
-        offset = int(np.argmax(scores))  # lowest index on ties
+        return self.stitch_at(model_slice, int(np.argmax(scores)), scores)  # lowest index on ties
+
+    def stitch_at(self, model_slice: np.ndarray, offset: int, scores: np.ndarray) -> StitchResult:
+        """The rest of B10 once the offset is known (`stitch`, or `stitch_batch` for many streams at once)."""
+        g = self.geometry
         y = model_slice[offset:].astype(np.float32, copy=True)
         sb = g.sola_buffer
         y[:sb] = y[:sb] * self._fade_in + self.prev * self._fade_out
         self.prev = y[g.block : g.block + sb].copy()
         self.blocks_stitched += 1
         return StitchResult(out=y[: g.block].copy(), offset=offset, scores=scores)
+
+
+STITCH_ROWS_PER_PASS = 16
+"""Streams whose SOLA search is computed together: the FFT's work arrays stay in cache."""
+
+SOLA_SCORE_TOLERANCE = 1e-10
+"""Bound on a batched score's error relative to |head|·|prev|/denominator (FFT rounding is ~1e-14 of it)."""
+
+
+def stitch_batch(streams: list[BlockStream], model_slices: list[np.ndarray]) -> list[StitchResult]:
+    """`stream.stitch(model_slice)` for many streams of one geometry at once; the same offsets and samples.
+
+    The cross-correlations of all streams are computed together by FFT (about half the CPU of one
+    `np.correlate` each). FFT rounding differs from the direct sum by ~1e-14 of the score's scale, so a row
+    whose best score is not ahead of every other by more than `SOLA_SCORE_TOLERANCE` of that scale (near-ties,
+    silence) is searched again exactly with `sola_scores`: every offset is the one `stitch` picks.
+    """
+    if not streams:
+        return []
+    g = streams[0].geometry
+    for model_slice in model_slices:
+        if model_slice.shape != (g.return_samples,):
+            raise ValueError(f"model slice must have shape ({g.return_samples},), got {model_slice.shape}")
+    results = []
+    for start in range(0, len(streams), STITCH_ROWS_PER_PASS):
+        rows = slice(start, start + STITCH_ROWS_PER_PASS)
+        heads = np.stack(model_slices[rows])
+        prevs = np.stack([stream.prev for stream in streams[rows]])
+        scores, sure = _batched_scores(heads, prevs, g.sola_search)
+        offsets = np.argmax(scores, axis=1)
+        for i, stream in enumerate(streams[rows]):
+            model_slice = model_slices[start + i]
+            row = scores[i] if sure[i] else sola_scores(model_slice, stream.prev, g.sola_search)
+            offset = int(offsets[i]) if sure[i] else int(np.argmax(row))
+            results.append(stream.stitch_at(model_slice, offset, row))
+    return results
+
+
+def fft_size(n: int) -> int:
+    """The smallest 2^k or 3·2^k that is >= n (pocketfft is fast on both)."""
+    power = 1 << max(n - 1, 0).bit_length()
+    return 3 * power // 4 if 3 * power // 4 >= n else power
+
+
+def _batched_scores(heads: np.ndarray, prevs: np.ndarray, search: int) -> tuple[np.ndarray, np.ndarray]:
+    """`sola_scores` of each row of heads (n, ≥search+sb) against prevs (n, sb) by FFT; returns the scores
+    (n, search+1) and, per row, whether its argmax is certainly the direct computation's."""
+    sb = prevs.shape[1]
+    head64 = heads[:, : search + sb].astype(np.float64)
+    prev64 = prevs.astype(np.float64)
+    size = fft_size(search + sb)  # no wrap-around for lags 0…search
+    spectrum = np.fft.rfft(head64, size, axis=1) * np.fft.rfft(prev64[:, ::-1], size, axis=1)
+    numerator = np.fft.irfft(spectrum, size, axis=1)[:, sb - 1 : sb + search]
+    energy = np.concatenate((np.zeros((head64.shape[0], 1)), np.cumsum(head64 * head64, axis=1)), axis=1)
+    window_energy = energy[:, sb : sb + search + 1] - energy[:, : search + 1]
+    denominator = np.sqrt(np.maximum(window_energy, 0.0) + 1e-8)
+    scores = numerator / denominator
+    scale = np.linalg.norm(head64, axis=1) * np.linalg.norm(prev64, axis=1)
+    tolerance = SOLA_SCORE_TOLERANCE * scale[:, None] / denominator
+    rows = np.arange(scores.shape[0])
+    best = np.argmax(scores, axis=1)
+    others = scores + tolerance
+    others[rows, best] = -np.inf
+    sure = scores[rows, best] - tolerance[rows, best] > others.max(axis=1)
+    return scores, sure

@@ -31,9 +31,12 @@ class ReplayConnection:
     def __init__(self, connection: ServerConnection, first: str | bytes) -> None:
         self._connection = connection
         self._first: list[str | bytes] = [first]
+        self.send = connection.send  # per block: no __getattr__ lookup
+        self.transport = connection.transport
 
     async def recv(self, *args, **kwargs) -> str | bytes:
         if self._first:
+            self.recv = self._connection.recv  # replayed: later calls go straight to the socket
             return self._first.pop()
         return await self._connection.recv(*args, **kwargs)
 

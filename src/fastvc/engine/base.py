@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fastvc.stream import StreamGeometry, StreamSettings
+from fastvc.stream import StitchResult, StreamGeometry, StreamSettings
 
 
 class EngineError(RuntimeError):
@@ -68,6 +68,8 @@ class BlockResult:
 
     concealed: the block was not computed (it could not be back in time, or its batch failed): `audio` is
     silence of the right length, which SOLA cross-fades into, so the stream goes on without a click.
+    stitched: `audio` already stitched into its session's stream by the runner (with the other blocks of its
+        batch, `fastvc.stream.stitch_batch`), or None: the session stitches it.
     """
 
     session_id: str
@@ -75,6 +77,7 @@ class BlockResult:
     audio: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
     concealed: bool = False
+    stitched: StitchResult | None = None
 
 
 class Engine(ABC):
