@@ -171,3 +171,15 @@ def test_kept_weight_norms_follow_loaded_weights() -> None:
         after, expected = model.decode(mel, source), fresh.decode(mel, source)
     assert torch.equal(after, expected)
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("first_sample", [0, 5 * 32, 5 * 32 + 7])
+def test_summed_phases_equal_the_cumsum_over_every_sample(first_sample: int) -> None:
+    model = small_generator(*LAYOUTS[1])  # 32 samples a frame
+    f0 = 80.0 + 300.0 * torch.rand(2, 40, generator=torch.Generator().manual_seed(5))
+    f0[:, 10:14] = 0.0  # unvoiced frames
+    source = model.m_source
+    harmonics = torch.arange(1, model.config.n_harmonic_channels + 1, dtype=torch.float32).view(1, -1, 1)
+    f0_samples = f0.repeat_interleave(model.samples_per_frame, dim=1)[:, None, :]
+    expected = torch.cumsum(f0_samples * harmonics / model.config.sampling_rate, dim=2)[:, :, first_sample:]
+    assert torch.equal(source.cycles(f0, first_sample), expected)

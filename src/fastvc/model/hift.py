@@ -237,16 +237,33 @@ class SourceModule(nn.Module):
         With `first_sample` k only samples k… of both come back, `(…, L − k)`: the phases still accumulate from
         sample 0, so they equal the full result's samples k…."""
         cfg = self.config
-        f0_samples = f0.repeat_interleave(cfg.samples_per_frame, dim=1).unsqueeze(1)  # (B, 1, L)
-        harmonic_numbers = torch.arange(1, cfg.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
-        increments = f0_samples * harmonic_numbers.view(1, -1, 1) / cfg.sampling_rate  # (B, H+1, L) cycles
-        cycles = torch.cumsum(increments, dim=2)[:, :, first_sample:]
-        f0_samples, noise = f0_samples[:, :, first_sample:], noise[:, :, first_sample:]
-        theta = 2 * math.pi * torch.remainder(cycles, 1.0)
+        per_frame = cfg.samples_per_frame
+        first_frame = first_sample // per_frame
+        f0_samples = f0[:, None, first_frame:].repeat_interleave(per_frame, dim=2)[:, :, first_sample % per_frame:]
+        theta = 2 * math.pi * torch.remainder(self.cycles(f0, first_sample), 1.0)
         sines = cfg.nsf_alpha * torch.sin(theta + phase)
         uv = (f0_samples > cfg.nsf_voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * (cfg.nsf_alpha / 3)
-        return sines * uv + noise_amp * noise, uv
+        return sines * uv + noise_amp * noise[:, :, first_sample:], uv
+
+    def cycles(self, f0: Tensor, first_sample: int = 0) -> Tensor:
+        """Each harmonic's phase in cycles at samples first_sample…, summed sample by sample from sample 0:
+        f0 `(B, T)` Hz -> `(B, H+1, L − first_sample)`.
+
+        A sample advances by inc = f0·h / sampling_rate (float32). f0 holds for a frame's U samples, so sample k of
+        frame f has summed base_f + (k + 1)·inc_f, base_f = the earlier frames' U·inc, all in float64 as PyTorch's
+        CPU cumsum of float32 accumulates: the same float32 values as that cumsum over every sample, without it.
+        """
+        cfg = self.config
+        per_frame = cfg.samples_per_frame
+        first_frame = first_sample // per_frame
+        harmonic_numbers = torch.arange(1, cfg.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
+        increments = (f0[:, None, :] * harmonic_numbers.view(1, -1, 1) / cfg.sampling_rate).double()  # (B, H+1, T)
+        whole_frames = increments * per_frame
+        before = F.pad(torch.cumsum(whole_frames, dim=2)[:, :, :-1], (1, 0))  # sum over the frames before each
+        steps = torch.arange(1, per_frame + 1, device=f0.device, dtype=torch.float64)
+        summed = before[:, :, first_frame:, None] + steps * increments[:, :, first_frame:, None]  # (B, H+1, T', U)
+        return summed.flatten(2)[:, :, first_sample % per_frame:].to(f0.dtype)
 
     def forward(self, f0: Tensor, phase: Tensor, noise: Tensor, first_sample: int = 0
                 ) -> tuple[Tensor, Tensor, Tensor]:
