@@ -123,8 +123,8 @@ def test_velocity_at_some_frames_equals_the_full_velocity_there(depth: int) -> N
     t = torch.tensor([0.3])
     with torch.inference_mode():
         full = estimator(x, prompt_x, lens, t, style, cond)
-        at = estimator.velocity(x_at, estimator.embed_time(t), estimator.condition(prompt_x, lens, style, cond,
-                                                                                   frames))
+        conditioning = estimator.condition(prompt_x, lens, style, cond, frames)
+        at = estimator.velocity(x_at.transpose(1, 2), estimator.embed_time(t), conditioning).transpose(1, 2)
     expected = torch.gather(full, 2, frames[:, None, :].expand(-1, 80, -1))
     torch.testing.assert_close(at, expected, atol=1e-5, rtol=1e-5)
     assert at[:, :, :3].abs().min() > 0

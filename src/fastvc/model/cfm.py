@@ -29,7 +29,7 @@ class Estimator(Protocol):
         """t (K,) -> the time embeddings (K, D)."""
 
     def velocity(self, x: torch.Tensor, t1: torch.Tensor, conditioning: Any) -> torch.Tensor:
-        """x (B, 80, Q) at the conditioning's frames (zero at every other), t1 (1, D) -> velocity (B, 80, Q)."""
+        """x (B, Q, 80) at the conditioning's frames (zero at every other), t1 (1, D) -> velocity (B, Q, 80)."""
 
 
 def generated_frames(prompt_lens: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +119,8 @@ def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tenso
     conditioning = estimator.condition(prompt_x, x_lens, style, mu, frames)
     times, steps = euler_grid(n_timesteps)
     time_tokens = estimator.embed_time(torch.tensor(times, device=z_gen.device))  # every step's, in one pass
-    x_gen = z_gen * keep
+    keep = keep.transpose(1, 2)
+    x_gen = z_gen.transpose(1, 2) * keep  # time-major (B, G, 80) through the steps
     for step, dt in enumerate(steps):
         x_in = torch.cat([x_gen, x_gen]) if guided else x_gen
         velocity = estimator.velocity(x_in, time_tokens[step : step + 1], conditioning)
@@ -127,4 +128,4 @@ def sample_generated(estimator: Estimator, mu: torch.Tensor, x_lens: torch.Tenso
             cond_v, null_v = velocity.chunk(2)
             velocity = (1.0 + cfg_rate) * cond_v - cfg_rate * null_v
         x_gen = (x_gen + dt * velocity) * keep
-    return x_gen
+    return x_gen.transpose(1, 2)

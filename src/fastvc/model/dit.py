@@ -217,8 +217,8 @@ class TransformerBlock(nn.Module):
 
     def fixed_keys(self, tokens: torch.Tensor, rope: Rope, with_queries: bool) -> FixedKeys:
         """What this (first) layer computes of the fixed tokens (B, F, D) at every step, computed once."""
-        q, k, v = self.attention.project(self.attention_norm.norm(tokens), rope)
-        return FixedKeys(tokens=tokens, q=q if with_queries else None, k=k, v=v)
+        q, k, v = (part.contiguous() for part in self.attention.project(self.attention_norm.norm(tokens), rope))
+        return FixedKeys(tokens=tokens, q=q if with_queries else None, k=k, v=v)  # contiguous: cheap to concatenate
 
     def forward_moving(self, moving: torch.Tensor, fixed: FixedKeys, rope: Rope, key_mask: torch.Tensor | None
                        ) -> torch.Tensor:
@@ -346,7 +346,8 @@ class VelocityEstimator(nn.Module):
         -> (B, 80, T), zero in frames >= x_lens. A single t (0-dim or (1,)) applies to every item.
         """
         every_frame = torch.arange(x.shape[2], device=x.device).expand(x.shape[0], -1)
-        return self.velocity(x, self.embed_time(t), self.condition(prompt_x, x_lens, style, cond, every_frame))
+        conditioning = self.condition(prompt_x, x_lens, style, cond, every_frame)
+        return self.velocity(x.transpose(1, 2), self.embed_time(t), conditioning).transpose(1, 2)
 
     def condition(self, prompt_x: torch.Tensor, x_lens: torch.Tensor, style: torch.Tensor, cond: torch.Tensor,
                   frames: torch.Tensor) -> Conditioning:
@@ -386,13 +387,13 @@ class VelocityEstimator(nn.Module):
         return self.t_embedder(t.reshape(-1))
 
     def velocity(self, x: torch.Tensor, t1: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """The velocity at the conditioning's frames: x (B, 80, G) there (zero at every other frame), t1 (B or 1,
-        D) from `embed_time` -> (B, 80, G), zero at frames >= x_lens. The last layer and the final MLP run on
-        those frames alone."""
-        frames = conditioning.frames_base + F.linear(x.transpose(1, 2), conditioning.x_weight)  # (B, G, D)
+        """The velocity at the conditioning's frames, time-major: x (B, G, 80) there (zero at every other frame),
+        t1 (B or 1, D) from `embed_time` -> (B, G, 80), zero at frames >= x_lens. The last layer and the final MLP
+        run on those frames alone."""
+        frames = conditioning.frames_base + F.linear(x, conditioning.x_weight)  # (B, G, D)
         moving = torch.cat([t1[:, None].expand(frames.shape[0], 1, -1), frames], dim=1)
         h = self.transformer(moving, t1, conditioning)
-        return (self.final_mlp(h) * conditioning.out_mask).transpose(1, 2)
+        return self.final_mlp(h) * conditioning.out_mask
 
 
 def take_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
