@@ -28,3 +28,17 @@ def test_freed_tensor_memory_is_reused_without_page_faults() -> None:
     churn()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < BLOCKS * BLOCK_FLOATS * 4 // 4096 // 10
+
+
+def test_native_convolutions_match_onednn_and_restore_it() -> None:
+    x, weight = torch.randn(3, 4, 500), torch.randn(4, 4, 7)
+    with torch.inference_mode():
+        expected = torch.nn.functional.conv1d(x, weight, padding=3)
+        with host.native_convolutions():
+            assert not torch.backends.mkldnn.enabled
+            native = torch.nn.functional.conv1d(x, weight, padding=3)
+    torch.testing.assert_close(native, expected, rtol=1e-5, atol=1e-5)
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError), host.native_convolutions():
+        raise RuntimeError("a failed batch")
+    assert torch.backends.mkldnn.enabled
