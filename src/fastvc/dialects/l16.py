@@ -24,10 +24,10 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 from fastvc.dialects.base import Message, SerializedConnection, limits_of
+from fastvc.dialects.native import NativeReplies
 from fastvc.protocol import (PCM_MAX_RATE_HZ, PCM_MIN_RATE_HZ, AudioEvent, ConfigEvent, EndEvent, Event,
-                             InvalidConfig, InvalidMessage, MessageTooLarge, ProtocolError, ProtocolLimits,
-                             SessionConfig, complete_message, error_message, parse_config, parse_json_object,
-                             ready_message)
+                             InvalidConfig, InvalidMessage, MessageTooLarge, ProtocolLimits, SessionConfig,
+                             parse_config, parse_json_object)
 
 QUERY_FIELDS = {"rate": "sample_rate", "voice": "voice", "api_key": "api_key", "session_id": "session_id",
                 "seed": "seed", "diffusion_steps": "diffusion_steps"}
@@ -35,7 +35,7 @@ INTEGER_FIELDS = ("rate", "seed", "diffusion_steps")
 L16_CONTENT_TYPE = re.compile(r"audio/l16\s*;\s*rate\s*=\s*(\d+)", re.IGNORECASE)
 
 
-class L16Serializer:
+class L16Serializer(NativeReplies):
     """Config from the URL, audio as binary messages, control and errors as JSON text."""
 
     name = "l16"
@@ -90,20 +90,6 @@ class L16Serializer:
             raise InvalidConfig(f"content-type {content_type!r} does not match the URL's "
                                 f"audio/l16;rate={self.config.sample_rate_hz}")
 
-    def ready(self, config: SessionConfig, details: dict[str, Any]) -> list[Message]:
-        return [ready_message(config.session_id, **details)]
-
-    def audio(self, packets: list[bytes]) -> list[Message]:
-        return list(packets)
-
-    def complete(self, config: SessionConfig, stats: dict[str, Any]) -> list[Message]:
-        return [complete_message(config.session_id, stats)]
-
-    def error(self, error: ProtocolError) -> list[Message]:
-        return [error_message(error)]
-
-    def close_reason(self, error: ProtocolError) -> str:
-        return error.error_code
 
 
 def _integer(name: str, text: str) -> int:

@@ -20,20 +20,8 @@ from fastvc.protocol import (Event, NativeProtocol, ProtocolError, ProtocolLimit
                              error_message, ready_message)
 
 
-class NativeSerializer:
-    """config / binary audio / end, as `NativeProtocol` parses them; errors close with their error code."""
-
-    name = "native"
-
-    def __init__(self, limits: ProtocolLimits | None = None, logger=None) -> None:
-        self.protocol = NativeProtocol(limits)
-        self.log = logger or structlog.get_logger("fastvc.native")
-
-    def open(self, request_path: str) -> Event | None:
-        return None  # the config comes as the first message
-
-    def receive(self, message: Message) -> Event:
-        return self.protocol.receive(message)  # refuses audio and 'end' before 'config' itself
+class NativeReplies:
+    """The server's side of the native protocol: ready, binary audio, complete, error; also spoken by L16."""
 
     def ready(self, config: SessionConfig, details: dict[str, Any]) -> list[Message]:
         return [ready_message(config.session_id, **details)]
@@ -49,6 +37,23 @@ class NativeSerializer:
 
     def close_reason(self, error: ProtocolError) -> str:
         return error.error_code
+
+
+class NativeSerializer(NativeReplies):
+    """config / binary audio / end, as `NativeProtocol` parses them; errors close with their error code."""
+
+    name = "native"
+
+    def __init__(self, limits: ProtocolLimits | None = None, logger=None) -> None:
+        self.protocol = NativeProtocol(limits)
+        self.log = logger or structlog.get_logger("fastvc.native")
+
+    def open(self, request_path: str) -> Event | None:
+        return None  # the config comes as the first message
+
+    def receive(self, message: Message) -> Event:
+        return self.protocol.receive(message)  # refuses audio and 'end' before 'config' itself
+
 
 
 async def serve_native(service, connection, *, slot=None) -> None:
