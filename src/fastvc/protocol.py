@@ -131,6 +131,12 @@ class ProtocolLimits:
     max_diffusion_steps: int = 100
 
 
+
+def check_message_size(message: str | bytes, limits: ProtocolLimits) -> None:
+    """Every dialect's first check on an incoming message: MessageTooLarge past `max_message_bytes`."""
+    if len(message) > limits.max_message_bytes:
+        raise MessageTooLarge(f"message of {len(message)} bytes exceeds the limit of {limits.max_message_bytes} bytes")
+
 class NativeProtocol:
     """Parses one connection's client messages in order; raises `ProtocolError` for anything refused."""
 
@@ -141,9 +147,7 @@ class NativeProtocol:
 
     def receive(self, message: str | bytes) -> Event:
         """One WebSocket message (text as str, binary as bytes) -> its event."""
-        if len(message) > self.limits.max_message_bytes:
-            raise MessageTooLarge(f"message of {len(message)} bytes exceeds the limit of "
-                                  f"{self.limits.max_message_bytes} bytes")
+        check_message_size(message, self.limits)
         if self.state is ProtocolState.ENDED:
             raise InvalidMessage("no message may follow 'end'")
         if isinstance(message, bytes):

@@ -25,9 +25,9 @@ import structlog
 
 from fastvc.dialects.base import Message, SerializedConnection, limits_of
 from fastvc.dialects.native import NativeReplies
-from fastvc.protocol import (PCM_MAX_RATE_HZ, PCM_MIN_RATE_HZ, AudioEvent, ConfigEvent, EndEvent, Event,
-                             InvalidConfig, InvalidMessage, MessageTooLarge, ProtocolLimits, SessionConfig,
-                             parse_config, parse_json_object)
+from fastvc.protocol import (PCM_MAX_RATE_HZ, PCM_MIN_RATE_HZ, AudioEvent, ConfigEvent, EndEvent, Event, InvalidConfig,
+                             InvalidMessage, ProtocolLimits, SessionConfig, check_message_size, parse_config,
+                             parse_json_object)
 
 QUERY_FIELDS = {"rate": "sample_rate", "voice": "voice", "api_key": "api_key", "session_id": "session_id",
                 "seed": "seed", "diffusion_steps": "diffusion_steps"}
@@ -65,8 +65,7 @@ class L16Serializer(NativeReplies):
         return ConfigEvent(self.config)
 
     def receive(self, message: Message) -> Event | None:
-        if len(message) > self.limits.max_message_bytes:
-            raise MessageTooLarge(f"message of {len(message)} bytes exceeds {self.limits.max_message_bytes} bytes")
+        check_message_size(message, self.limits)
         if self.ended:
             raise InvalidMessage("no message may follow 'end'")
         if isinstance(message, bytes):

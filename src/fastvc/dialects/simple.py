@@ -20,9 +20,9 @@ from typing import Any
 import structlog
 
 from fastvc.dialects.base import Message, SerializedConnection, limits_of
-from fastvc.protocol import (PCM_BIT_DEPTHS, AudioEvent, ConfigEvent, EndEvent, Event, InvalidConfig,
-                             InvalidMessage, MessageTooLarge, ProtocolError, ProtocolLimits, SessionConfig,
-                             parse_config, parse_json_object)
+from fastvc.protocol import (PCM_BIT_DEPTHS, AudioEvent, ConfigEvent, EndEvent, Event, InvalidConfig, InvalidMessage,
+                             ProtocolError, ProtocolLimits, SessionConfig, check_message_size, parse_config,
+                             parse_json_object)
 
 RENAMED = {"stream_id": "session_id", "sample_bit": "bit_depth"}
 PASSED = ("sample_rate", "encoding", "opus_frame_duration", "sample_rate_out", "api_key", "voice", "seed",
@@ -56,8 +56,7 @@ class SimpleSerializer:
         return None
 
     def receive(self, message: Message) -> Event | None:
-        if len(message) > self.limits.max_message_bytes:
-            raise MessageTooLarge(f"message of {len(message)} bytes exceeds {self.limits.max_message_bytes} bytes")
+        check_message_size(message, self.limits)
         if self.ended:
             raise InvalidMessage("no message may follow 'end'")
         if isinstance(message, bytes):

@@ -30,7 +30,7 @@ import structlog
 
 from fastvc.dialects.base import Message, SerializedConnection, limits_of
 from fastvc.protocol import (AudioEvent, ConfigEvent, EndEvent, Event, InvalidAudio, InvalidConfig, InvalidMessage,
-                             MessageTooLarge, ProtocolError, ProtocolLimits, SessionConfig, parse_json_object)
+                             ProtocolError, ProtocolLimits, SessionConfig, check_message_size, parse_json_object)
 
 TWILIO_ENCODING = "audio/x-mulaw"
 TWILIO_RATE_HZ = 8000
@@ -61,8 +61,7 @@ class TwilioSerializer:
         return None
 
     def receive(self, message: Message) -> Event | None:
-        if len(message) > self.limits.max_message_bytes:
-            raise MessageTooLarge(f"message of {len(message)} bytes exceeds {self.limits.max_message_bytes} bytes")
+        check_message_size(message, self.limits)
         if isinstance(message, bytes):
             raise InvalidMessage("Twilio Media Streams sends JSON text messages, not binary ones")
         fields = parse_json_object(message)
