@@ -19,7 +19,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fastvc.scheduler import SchedulerSettings
 from fastvc.stream import StreamSettings
+
+_POLICY = SchedulerSettings()
+"""The scheduler's own defaults: `[scheduler]` takes them from here rather than restating them."""
 
 
 class ConfigError(ValueError):
@@ -70,17 +74,17 @@ class StreamConfig:
 class SchedulerConfig:
     """Micro-batching policy; see `fastvc.scheduler` for what each knob does."""
 
-    max_batch_size: int = 64
-    max_wait_ms: float = 20.0
-    safety_margin_ms: float = 20.0
-    conceal_late_ms: float = 40.0
-    prompt_buckets: bool = False
-    prompt_bucket_frames: int = 64
-    adaptive_steps: bool = True
-    min_diffusion_steps: int = 4
-    steps_step_down: int = 1
-    recover_after_batches: int = 20
-    overload_hold_s: float = 2.0
+    max_batch_size: int = _POLICY.max_batch_size
+    max_wait_ms: float = _POLICY.max_wait_ms
+    safety_margin_ms: float = _POLICY.safety_margin_ms
+    conceal_late_ms: float = _POLICY.conceal_late_ms
+    prompt_buckets: bool = _POLICY.prompt_buckets
+    prompt_bucket_frames: int = _POLICY.prompt_bucket_frames
+    adaptive_steps: bool = _POLICY.adaptive_steps
+    min_diffusion_steps: int = _POLICY.min_diffusion_steps
+    steps_step_down: int = _POLICY.steps_step_down
+    recover_after_batches: int = _POLICY.recover_after_batches
+    overload_hold_s: float = _POLICY.overload_hold_s
     calibration_sizes: list[int] = field(default_factory=lambda: [1, 4])
 
 
